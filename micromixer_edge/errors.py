@@ -1,0 +1,40 @@
+"""How every command turns expected failures into one line on stderr and an exit code."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .format import FormatError
+from ._files import OutputError
+
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPT = 2, 1, 130
+
+# Errors that mean "bad input": reported as one line, never a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (FormatError, OutputError, FileNotFoundError,
+                                                IsADirectoryError, PermissionError, ValueError)
+
+
+def run_cli(command: click.Command, args=None) -> int:
+    """Run a click command in standalone=False mode and map outcomes to exit codes."""
+    try:
+        command.main(args=args, standalone_mode=False)
+        return 0
+    except click.exceptions.Abort:
+        return _interrupted()
+    except KeyboardInterrupt:
+        return _interrupted()
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except USER_ERRORS as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_ERROR
+
+
+def _interrupted() -> int:
+    sys.stdout.flush()
+    click.echo("\ninterrupted", err=True)
+    return EXIT_INTERRUPT

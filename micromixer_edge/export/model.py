@@ -1,0 +1,110 @@
+"""MicroMixerV2: an attention-free byte-level language model, read top to bottom.
+
+Each layer mixes tokens through the running mean of its normalized inputs, so the whole context of
+a layer is one sum of H floats: `step` carries those sums (the `state`) from call to call and each
+new token costs O(1). `forward` reproduces the original recompute-the-window behaviour.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..format import MixerConfig
+
+
+class RoPE(nn.Module):
+    """Rotary position: frequencies laid out by halves, rotation pairs interleaved (as trained)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        self.register_buffer("inv_freq", inv_freq)  # (H/2,), part of the published state_dict
+        # r(x)[2j] = -x[2j+1], r(x)[2j+1] = x[2j]: a fixed permutation and sign, not in state_dict.
+        # sin is odd, so the sign folds into the frequencies: sign*sin(f) = sin(sign*f).
+        perm = torch.arange(dim).view(-1, 2).flip(-1).reshape(-1)
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(dim // 2), persistent=False)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # x (B, T, H), pos (B, T, 1) float
+        f = pos * (torch.cat([self.inv_freq, self.inv_freq]) * self.sign)  # (B, T, H), signed
+        return x * torch.cos(f) + torch.index_select(x, -1, self.perm) * torch.sin(f)
+
+
+class TokenMixer(nn.Module):
+    """Per-token weights from the running mean of the context: out = n*w1 + w2."""
+
+    def __init__(self, cfg: MixerConfig):
+        super().__init__()
+        self.hyper = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.hyper_hidden_dim), nn.GELU(),
+                                   nn.Linear(cfg.hyper_hidden_dim, 2 * cfg.hidden_dim))
+
+    def forward(self, n, s0, count):
+        # n (B, T, H) normalized inputs, s0 (B, 1, H) sum of earlier positions, count (B, T, 1)
+        s = torch.cumsum(n, dim=1) + s0  # (B, T, H) running sums
+        w1, w2 = self.hyper(s / count).chunk(2, dim=-1)  # (B, T, H) each
+        return n * w1 + w2, s[:, -1:]
+
+
+class ChannelMLP(nn.Module):
+    def __init__(self, cfg: MixerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_dim, cfg.channel_mlp_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cfg.channel_mlp_dim, cfg.hidden_dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MixerLayer(nn.Module):
+    """Pre-norm residual block: token mixing, then a channel MLP."""
+
+    def __init__(self, cfg: MixerConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.hidden_dim)
+        self.token_mixer = TokenMixer(cfg)
+        self.norm2 = nn.LayerNorm(cfg.hidden_dim)
+        self.channel_mlp = ChannelMLP(cfg)
+
+    def forward(self, x, s0, count):
+        # x (B, T, H) -> (B, T, H), and this layer's new running sum (B, 1, H)
+        mixed, s = self.token_mixer(self.norm1(x), s0, count)
+        x = x + mixed
+        return x + self.channel_mlp(self.norm2(x)), s
+
+
+class MicroMixerV2(nn.Module):
+    def __init__(self, cfg: MixerConfig):
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
+        self.rope = RoPE(cfg.hidden_dim)
+        self.mixer_layers = nn.ModuleList(MixerLayer(cfg) for _ in range(cfg.num_layers))
+        self.layer_norm = nn.LayerNorm(cfg.hidden_dim)
+        self.lm_head = nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # tied
+
+    def step(self, idx, position, state):
+        """The exported function. idx (B, T) int64, position (B,) int64, state (L, B, H).
+
+        Returns logits (B, T, V) and the state with these T positions added (L, B, H).
+        """
+        t = torch.arange(idx.shape[1], device=idx.device).unsqueeze(-1)  # (T, 1)
+        pos = (position.view(-1, 1, 1) + t).to(torch.float32)  # (B, T, 1) absolute positions
+        count = pos + 1.0  # (B, T, 1) tokens in each running mean
+        x = self.rope(self.token_embedding(idx), pos)  # (B, T, H)
+        state = state.transpose(0, 1)  # (B, L, H): one transpose, then a slice per layer
+        sums = []
+        for i, layer in enumerate(self.mixer_layers):
+            x, s = layer(x, state[:, i:i + 1], count)
+            sums.append(s)
+        return self.lm_head(self.layer_norm(x)), torch.cat(sums, 1).transpose(0, 1)
+
+    def forward(self, idx):
+        """The original model: logits for the last max_seq_len tokens, positions from 0."""
+        idx = idx[:, -self.config.max_seq_len:]  # (B, T<=W)
+        b = idx.shape[0]
+        zeros = idx.new_zeros(b)
+        state = torch.zeros(self.config.num_layers, b, self.config.hidden_dim)
+        return self.step(idx, zeros, state)[0]

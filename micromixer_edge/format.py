@@ -1,0 +1,115 @@
+"""Every fact about the exported file format, in one place.
+
+The exporter (writer) and the runtime (reader) both import this module; nothing here needs torch.
+See docs: the ONNX contract (inputs, outputs, metadata) and the MicroMixerV2 model description.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+# --- metadata -------------------------------------------------------------------------------
+METADATA_KEY = "micromixer"          # key in ModelProto.metadata_props holding a JSON object
+FORMAT_VERSION = 1                   # what writers write
+READABLE_FORMAT_VERSIONS = range(1, 2)  # what readers accept
+
+# --- graph interface ------------------------------------------------------------------------
+INPUT_IDS, POSITION, STATE = "input_ids", "position", "state"
+LOGITS, STATE_OUT = "logits", "state_out"
+INPUT_NAMES = (INPUT_IDS, POSITION, STATE)
+OUTPUT_NAMES = (LOGITS, STATE_OUT)
+
+# --- tokens: bytes are the tokens ----------------------------------------------------------
+VOCAB_SIZE = 256
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)
+
+# --- quantization scheme names (value of metadata "quantization") ---------------------------
+QUANT_NONE = "none"
+QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
+    "dynamic": "int8-dynamic",
+    "static": "int8-static-qdq",
+    "int4": "int4-matmulnbits",
+}
+
+# --- context modes of the runner (what happens past max_seq_len) ----------------------------
+CONTEXT_MODES = ("halve", "window", "unbounded")
+DEFAULT_CONTEXT_MODE = "halve"
+
+# --- default Hugging Face repos of the published checkpoints --------------------------------
+HUB_REPOS = {
+    "100k": "llaa33219/MicroMixer-1-100K-TinyStories",
+    "300k": "llaa33219/MicroMixer-1-300K-TinyStories",
+    "500k": "llaa33219/MicroMixer-1-500K-TinyStories",
+    "1m": "llaa33219/MicroMixer-1-1M-TinyStories",
+}
+HUB_FILENAME = "model.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    """Shape of a MicroMixerV2 model; the presets below are the published sizes."""
+    hidden_dim: int
+    channel_mlp_dim: int
+    max_seq_len: int
+    num_layers: int = 3
+    hyper_hidden_dim: int = 64
+    vocab_size: int = VOCAB_SIZE
+
+
+SIZES = {
+    "100k": MixerConfig(hidden_dim=84, channel_mlp_dim=128, max_seq_len=64),
+    "300k": MixerConfig(hidden_dim=128, channel_mlp_dim=288, max_seq_len=128),
+    "500k": MixerConfig(hidden_dim=176, channel_mlp_dim=384, max_seq_len=128),
+    "1m": MixerConfig(hidden_dim=224, channel_mlp_dim=576, max_seq_len=256),
+}
+PARAM_COUNTS = {"100k": 136_908, "300k": 331_680, "500k": 557_328, "1m": 967_584}
+
+
+def size_name(config: MixerConfig) -> str:
+    """The preset name of a config, or "custom"."""
+    return next((name for name, c in SIZES.items() if c == config), "custom")
+
+
+class FormatError(ValueError):
+    """A model file that is not a MicroMixer export this code can read."""
+
+
+def make_metadata(config: MixerConfig, checkpoint_sha256: str, quantization: str = QUANT_NONE,
+                  **extra) -> dict:
+    """The metadata JSON object of the contract (plus optional extra fields such as a self-test)."""
+    meta = {"format_version": FORMAT_VERSION, "size": size_name(config)}
+    meta.update(dataclasses.asdict(config))
+    meta.update(pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, quantization=quantization,
+                checkpoint_sha256=checkpoint_sha256)
+    meta.update(extra)
+    return meta
+
+
+REQUIRED_KEYS = tuple(make_metadata(SIZES["100k"], "").keys())
+
+
+def parse_metadata(props: dict[str, str]) -> dict:
+    """Validate the `micromixer` entry of a model's metadata_props; raise FormatError if unusable."""
+    if METADATA_KEY not in props:
+        raise FormatError(f"not a MicroMixer export: no '{METADATA_KEY}' metadata "
+                          "(export one with mixer-export)")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise FormatError(f"the '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise FormatError(f"the '{METADATA_KEY}' metadata is not a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version not in READABLE_FORMAT_VERSIONS:
+        raise FormatError(f"format_version {version!r} is not supported (this runtime reads "
+                          f"{READABLE_FORMAT_VERSIONS.start}..{READABLE_FORMAT_VERSIONS.stop - 1}); "
+                          "upgrade micromixer-edge or re-export the model")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise FormatError(f"the '{METADATA_KEY}' metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def config_from_metadata(meta: dict) -> MixerConfig:
+    return MixerConfig(**{f.name: int(meta[f.name]) for f in dataclasses.fields(MixerConfig)})
