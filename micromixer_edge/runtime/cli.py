@@ -1,0 +1,135 @@
+"""mixer-run and mixer-eval: thin click layers over the runtime library (no torch)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import run_cli
+from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+MODEL_ARG = click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=True))
+
+
+def _read_stdin_prompt() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise click.UsageError(f"stdin is not valid UTF-8 (byte {e.start})") from None
+
+
+def _print_stream(pieces) -> None:
+    out = sys.stdout
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+
+
+def _stats_line(stats) -> str:
+    return (f"prefill {stats.prompt_tokens} tokens in {stats.prefill_s * 1e3:.1f} ms | "
+            f"{stats.new_tokens} tokens generated at {stats.tokens_per_s:.0f} tokens/s")
+
+
+@click.command(context_settings=CONTEXT)
+@MODEL_ARG
+@click.option("--prompt", "-p", help="Prompt text; '-' reads it from stdin. Omit on a terminal for interactive mode.")
+@click.option("--max-new-tokens", "-n", type=int, default=256, show_default=True, help="Bytes to generate at most.")
+@click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="0 = off.")
+@click.option("--top-p", type=float, default=0.95, show_default=True, help="1 = off.")
+@click.option("--min-p", type=float, default=0.05, show_default=True, help="0 = off.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1 = off.")
+@click.option("--repeat-last-n", type=int, default=64, show_default=True, help="Window of the repetition penalty.")
+@click.option("--seed", type=int, help="Seed of the sampler [default: random].")
+@click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--context", "context_mode", type=click.Choice(CONTEXT_MODES), default=DEFAULT_CONTEXT_MODE,
+              show_default=True, help="Past max_seq_len: halve (re-fold the last half), window (the "
+                                      "original's exact behaviour), unbounded (never reset).")
+@click.option("--ignore-eos", is_flag=True, help="Never stop at the end-of-sequence token.")
+@click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
+@click.option("--stats", is_flag=True, help="Print prefill time and tokens/s to stderr.")
+def run_command(model_path, prompt, threads, echo, stats, **kw):
+    """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
+    from .api import load_model, options_from
+    if prompt == "-":
+        prompt = _read_stdin_prompt()
+    options = options_from(**kw)  # validates before the (slower) model load
+    if prompt is not None and not prompt:
+        raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
+    model = load_model(model_path, threads)
+    if prompt is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError("no prompt: give -p TEXT, or -p - to read stdin")
+        return _interactive(model, options, stats)
+    _generate_once(model, prompt, options, echo, stats)
+
+
+def _generate_once(model, prompt, options, echo, show_stats):
+    from .generate import GenerationStats, stream
+    if echo:
+        sys.stdout.write(prompt)
+    st = GenerationStats()
+    _print_stream(stream(model, prompt, options, st))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if show_stats:
+        click.echo(_stats_line(st), err=True)
+
+
+def _interactive(model, options, show_stats):
+    """Each line is a new prompt; an empty line continues the previous text."""
+    from .generate import GenerationStats, stream
+    click.echo("interactive: type a prompt and Enter; an empty line continues; Ctrl-D quits", err=True)
+    text = ""
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return
+        text = text if not line else line
+        if not text:
+            continue
+        st = GenerationStats()
+        for piece in stream(model, text, options, st):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            text += piece
+        sys.stdout.write("\n")
+        if show_stats:
+            click.echo(_stats_line(st), err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@MODEL_ARG
+@click.option("--text", "text_path", type=click.Path(), required=True,
+              help="UTF-8 text, stories separated by blank lines (e.g. TinyStories valid.txt).")
+@click.option("--context", "contexts", type=click.Choice(CONTEXT_MODES + ("all",)), default=DEFAULT_CONTEXT_MODE,
+              show_default=True, help="Context mode(s) to measure.")
+@click.option("--min-bytes", type=int, default=0, show_default=True,
+              help="Only stories at least this long (e.g. longer than max_seq_len).")
+@click.option("--limit", type=int, help="At most this many stories.")
+@click.option("--threads", type=int, default=1, show_default=True)
+def eval_command(model_path, text_path, contexts, min_bytes, limit, threads):
+    """Bits per byte (and tokens/s) of a model on a text."""
+    from .api import load_model
+    from .evaluate import bits_per_byte, read_stories
+    model = load_model(model_path, threads)
+    stories = [s for s in read_stories(text_path) if len(s) >= min_bytes][:limit]
+    if not stories:
+        raise click.UsageError(f"{text_path}: no story of at least {min_bytes} bytes")
+    modes = CONTEXT_MODES if contexts == "all" else (contexts,)
+    click.echo(f"{model_path}: {len(stories)} stories, {sum(map(len, stories)):,} bytes")
+    for mode in modes:
+        r = bits_per_byte(model, stories, mode)
+        click.echo(f"  context {mode:>9}: {r.bits_per_byte:.4f} bits/byte  {r.tokens_per_s:,.0f} tokens/s")
+
+
+def main():
+    sys.exit(run_cli(run_command))
+
+
+def eval_main():
+    sys.exit(run_cli(eval_command))

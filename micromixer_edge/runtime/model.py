@@ -1,0 +1,107 @@
+"""An exported MicroMixer file in onnxruntime: metadata checks, and the raw prefill/step calls.
+
+Everything the runner needs comes from the file itself (the `micromixer` metadata); no torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import format as fmt
+
+
+@dataclasses.dataclass
+class State:
+    """The running sums the graph carries: `sums` (L, B, H) float32 and `position` (B,) int64."""
+    sums: np.ndarray
+    position: np.ndarray
+
+    @property
+    def batch(self) -> int:
+        return self.sums.shape[1]
+
+    def rows(self, index) -> "State":
+        return State(self.sums[:, index], self.position[index])
+
+    def set_rows(self, index, other: "State") -> None:
+        self.sums[:, index] = other.sums
+        self.position[index] = other.position
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: the runner's stderr is for the user
+    return opts
+
+
+def open_session(path: str | os.PathLike, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime session on a file, with every failure turned into a one-line FormatError."""
+    path = Path(path)
+    if path.is_dir():
+        raise fmt.FormatError(f"{path} is a directory, not an .onnx file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return ort.InferenceSession(os.fspath(path), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise fmt.FormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+
+
+def check_interface(sess: ort.InferenceSession, path) -> None:
+    names_in = [i.name for i in sess.get_inputs()]
+    names_out = [o.name for o in sess.get_outputs()]
+    if names_in != list(fmt.INPUT_NAMES) or names_out != list(fmt.OUTPUT_NAMES):
+        raise fmt.FormatError(f"{path}: inputs {names_in} / outputs {names_out} do not match the "
+                              f"MicroMixer contract {list(fmt.INPUT_NAMES)} / {list(fmt.OUTPUT_NAMES)}")
+
+
+class MixerModel:
+    """One exported model. `prefill` folds in tokens, `step` one token per row; both pure."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.path = Path(path)
+        self.session = open_session(path, threads)
+        self.meta = fmt.parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+        check_interface(self.session, path)
+        self.config = fmt.config_from_metadata(self.meta)
+        self.threads = threads
+        self._outputs = list(fmt.OUTPUT_NAMES)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def new_state(self, batch: int = 1) -> State:
+        cfg = self.config
+        return State(np.zeros((cfg.num_layers, batch, cfg.hidden_dim), np.float32),
+                     np.zeros(batch, np.int64))
+
+    def run(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """ids (B, T) -> logits (B, T, V) and the state advanced by T positions."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        logits, sums = self.session.run(self._outputs, {
+            fmt.INPUT_IDS: ids, fmt.POSITION: state.position, fmt.STATE: state.sums})
+        return logits, State(sums, state.position + ids.shape[1])
+
+    def prefill(self, ids, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Fold in a whole (B, T) block of tokens; a 1-D array is one row."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[None] if ids.ndim == 1 else ids
+        return self.run(ids, state if state is not None else self.new_state(ids.shape[0]))
+
+    def step(self, tokens, state: State) -> tuple[np.ndarray, State]:
+        """One token per row: tokens (B,) -> logits (B, V)."""
+        logits, state = self.run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
+        return logits[:, 0], state
