@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install micromixer-edge with its export, hub and test extras (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.micromixer-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is pinned (torch==2.13.0, CPU build) in the export extra
+  .venv/bin/python -m pip install --quiet -e '.[export,hub,test]'
+  touch "$stamp"
+fi

@@ -1,0 +1,44 @@
+"""Shared fixtures: where the golden data lives, and exported models cached per test session."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MICROMIXER_SHARED", ROOT.parent / "shared"))
+GOLDEN = Path(os.environ.get("MICROMIXER_GOLDEN", SHARED / "golden"))
+DATA = Path(os.environ.get("MICROMIXER_DATA", SHARED / "data" / "tinystories"))
+SIZES = ("100k", "300k", "500k", "1m")
+
+# Logits reach magnitudes near 100: float32 in another operation order differs by ~1e-4 (golden README).
+ATOL = 1e-3
+
+
+def golden_reference(size: str) -> dict[str, np.ndarray]:
+    return dict(np.load(GOLDEN / f"{size}_reference.npz"))
+
+
+def golden_greedy(size: str) -> dict:
+    return json.loads((GOLDEN / f"brief_{size}_greedy.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def export_file(tmp_path_factory):
+    """export_file(checkpoint_name) -> path of its .onnx export, made once per session."""
+    pytest.importorskip("torch")
+    from micromixer_edge.export.checkpoint import load_checkpoint
+    from micromixer_edge.export.onnx_export import export
+    cache: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            loaded = load_checkpoint(GOLDEN / f"{name}.pt")
+            out = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+            export(loaded.model, loaded.size, loaded.sha256, out, check=False)
+            cache[name] = out
+        return cache[name]
+    return make

@@ -1,0 +1,162 @@
+"""The torch-free runner: golden greedy parity, sampling, streaming, context modes, refusals."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import ATOL, ROOT, golden_greedy, golden_reference
+from micromixer_edge import format as fmt
+from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.runtime.context import Context
+from micromixer_edge.runtime.generate import GenerationStats, generate, generate_batch
+from micromixer_edge.runtime.textstream import TextStream
+
+GREEDY_WINDOW = dict(temperature=0, ignore_eos=True, context="window")
+
+
+@pytest.mark.parametrize("size", ["100k", "1m"])
+def test_brief_greedy_matches_original(export_file, size):
+    """Trained weights, original generate(temperature=0); the 100k run crosses the 64-token window."""
+    model = load_model(export_file(f"brief_{size}_model"))
+    golden = golden_greedy(size)
+    for c in golden["continuations"]:
+        stats = GenerationStats()
+        text = generate(model, c["prompt"], options_from(max_new_tokens=golden["max_new_tokens"],
+                                                          **GREEDY_WINDOW), stats)
+        assert stats.ids == c["new_ids"]
+        assert text == c["new_text"]
+    if size == "100k":
+        assert len(c["prompt_ids"]) + golden["max_new_tokens"] > fmt.SIZES[size].max_seq_len
+
+
+@pytest.mark.parametrize("size", ["100k", "1m"])
+def test_random_weight_greedy_matches_original(export_file, size):
+    """Random weights emit special ids, which the sampler bans: drive the context with raw argmax."""
+    model = load_model(export_file(f"{size}_model"))
+    ref = golden_reference(size)
+    for i in range(4):
+        prompt, want = ref[f"prompt{i}"], ref[f"greedy{i}"]
+        ctx = Context(model, 1, "window")
+        ids = list(prompt)
+        logits = ctx.feed_sequence(prompt)[-1]
+        while len(ids) < len(want):
+            ids.append(int(np.argmax(logits)))
+            logits = ctx.feed([ids[-1]])[0]
+        assert ids == want.tolist()
+
+
+def test_seeded_sampling_is_reproducible(export_file):
+    model = load_model(export_file("brief_1m_model"))
+    runs = [generate(model, "The", options_from(max_new_tokens=60, seed=seed, temperature=1.0))
+            for seed in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_prefill_equals_steps(export_file):
+    model = load_model(export_file("300k_model"))
+    ids = golden_reference("300k")["prompt3"]
+    whole, s1 = model.prefill(ids)
+    state, rows = model.new_state(), []
+    for t in ids:
+        logits, state = model.step([t], state)
+        rows.append(logits[0])
+    np.testing.assert_allclose(np.stack(rows), whole[0], atol=ATOL, rtol=1e-5)
+    np.testing.assert_allclose(state.sums, s1.sums, atol=1e-4, rtol=1e-5)
+    assert state.position.tolist() == s1.position.tolist() == [len(ids)]
+
+
+@pytest.mark.parametrize("mode", fmt.CONTEXT_MODES)
+def test_context_modes_past_the_window(export_file, mode):
+    """Below W every mode is the plain model; past W, window equals the golden long logits."""
+    model = load_model(export_file("100k_model"))
+    ref = golden_reference("100k")
+    W = model.max_seq_len
+    ctx = Context(model, 1, mode)
+    logits = ctx.feed_sequence(ref["long_ids"])
+    whole, _ = model.prefill(ref["long_ids"][:W])
+    np.testing.assert_allclose(logits[:W], whole[0], atol=ATOL, rtol=1e-5)
+    if mode == "window":  # the original's output for the last W tokens is its last row
+        np.testing.assert_allclose(logits[-1], ref["long_logits"][-1], atol=ATOL, rtol=1e-5)
+    position = int(ctx.state.position[0])
+    assert position == len(ref["long_ids"]) if mode == "unbounded" else position <= W
+
+
+def test_feed_matches_feed_sequence_in_every_mode(export_file):
+    model = load_model(export_file("100k_model"))
+    ids = golden_reference("100k")["long_ids"]
+    for mode in fmt.CONTEXT_MODES:
+        a, b = Context(model, 1, mode), Context(model, 1, mode)
+        seq = a.feed_sequence(ids)
+        steps = np.stack([b.feed([t])[0] for t in ids])
+        np.testing.assert_allclose(steps, seq, atol=ATOL, rtol=1e-5, err_msg=mode)
+
+
+def test_batch_rows_equal_single_runs(export_file):
+    model = load_model(export_file("brief_100k_model"))
+    prompts = ["Once upon a time", "The cat", "Hello, my name is Tom and"]
+    options = options_from(max_new_tokens=90, temperature=0, ignore_eos=True)
+    assert generate_batch(model, prompts, options) == [generate(model, p, options) for p in prompts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(0, 64), max_size=8))
+def test_textstream_equals_whole_decoding(data, cuts):
+    stream, out, last = TextStream(), [], 0
+    for cut in sorted(cuts) + [len(data)]:
+        out.append(stream.push(data[last:cut]))
+        last = max(last, cut)
+    out.append(stream.finish())
+    assert "".join(out) == data.decode("utf-8", errors="replace")
+
+
+def test_textstream_never_splits_a_character():
+    stream = TextStream()
+    pieces = [stream.push(bytes([b])) for b in "añ🙂".encode()] + [stream.finish()]
+    assert [p for p in pieces if p] == ["a", "ñ", "🙂"]
+
+
+def test_stop_strings_are_held_back_and_cut():
+    stream = TextStream(("END", "xx"))
+    pieces = [stream.push(c.encode()) for c in "abEN" "cdENxEND tail"]
+    assert "".join(pieces) == "abENcdENx" and stream.stopped
+
+
+def _retag(src, dst, meta):
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    if meta is not None:
+        model.metadata_props.add(key="micromixer", value=json.dumps(meta))
+    onnx.save(model, str(dst))
+
+
+def test_refuses_files_without_metadata_or_unknown_version(export_file, tmp_path):
+    src = export_file("100k_model")
+    _retag(src, tmp_path / "plain.onnx", None)
+    with pytest.raises(fmt.FormatError, match="not a MicroMixer export"):
+        load_model(tmp_path / "plain.onnx")
+    meta = json.loads(onnx.load(str(src)).metadata_props[0].value)
+    _retag(src, tmp_path / "v99.onnx", {**meta, "format_version": 99})
+    with pytest.raises(fmt.FormatError, match="format_version 99 is not supported"):
+        load_model(tmp_path / "v99.onnx")
+
+
+def test_runs_without_torch(export_file, tmp_path):
+    """A subprocess in which `import torch` fails still generates text through the CLI."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from micromixer_edge.runtime.cli import main
+        sys.argv = ["mixer-run", {str(export_file("brief_100k_model"))!r}, "-p", "Once upon a time",
+                    "-n", "40", "--temperature", "0"]
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == golden_greedy("100k")["continuations"][0]["new_text"][:40] + "\n"
