@@ -1,0 +1,71 @@
+"""mixer-quantize: a thin click layer over quantize_file and build_report."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .._files import atomic_output, check_output_path
+from ..errors import run_cli
+from ..format import QUANT_SCHEMES
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def default_text() -> str | None:
+    """The held-out stories, when MICROMIXER_DATA points at the TinyStories folder."""
+    data = os.environ.get("MICROMIXER_DATA")
+    path = Path(data) / "valid.txt" if data else None
+    return str(path) if path and path.is_file() else None
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Quantized .onnx to write.")
+@click.option("--mode", type=click.Choice(list(QUANT_SCHEMES)), default="dynamic", show_default=True,
+              help="dynamic: int8 weights, activations quantized at run time; static: int8 QDQ "
+                   "calibrated on --calibration; int4: 4-bit block-quantized weights (MatMulNBits).")
+@click.option("--calibration", type=click.Path(), help="Calibration text for --mode static.")
+@click.option("--per-channel", is_flag=True, help="One scale per output channel instead of per tensor.")
+@click.option("--keep-float", multiple=True, type=click.Choice(["head", "hyper", "channel"]),
+              help="MatMul groups to leave in float (repeatable).")
+@click.option("--no-embedding", is_flag=True, help="Leave the embedding table in float.")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
+              help="int4 block size.")
+@click.option("--text", "text_path", type=click.Path(),
+              help="Text for the accuracy report [default: $MICROMIXER_DATA/valid.txt].")
+@click.option("--limit", type=click.IntRange(min=1), help="Report on at most this many stories.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also save the report as JSON.")
+def quantize_command(model_path, output, mode, calibration, per_channel, keep_float, no_embedding,
+                     block_size, text_path, limit, report_path):
+    """Quantize a float MicroMixer export and measure what it cost."""
+    from .quantize import QuantOptions, quantize_file
+    from .report import build_report
+    text_path = text_path or default_text()
+    if text_path and not Path(text_path).is_file():
+        raise click.UsageError(f"--text {text_path}: no such file")
+    if report_path:
+        check_output_path(report_path, model_path)
+    options = QuantOptions(mode=mode, per_channel=per_channel, float_parts=tuple(keep_float),
+                           embedding=not no_embedding, block_size=int(block_size))
+    meta = quantize_file(model_path, output, options, calibration)
+    size = lambda p: Path(p).stat().st_size / 1e6  # noqa: E731
+    click.echo(f"wrote {output}: {meta['quantization']}, {size(output):.2f} MB "
+               f"({size(output) / size(model_path):.1%} of {size(model_path):.2f} MB)")
+    if not text_path:
+        click.echo("no accuracy report: pass --text FILE (or set MICROMIXER_DATA)", err=True)
+        return
+    report = build_report(model_path, output, text_path, limit)
+    click.echo(report.table())
+    if report_path:
+        with atomic_output(report_path) as tmp:
+            Path(tmp).write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+        click.echo(f"wrote {report_path}")
+
+
+def main():
+    sys.exit(run_cli(quantize_command))

@@ -1,0 +1,159 @@
+"""int8 (dynamic, calibrated static QDQ) and int4 (MatMulNBits) models via onnxruntime.quantization.
+
+The output keeps the contract exactly: same inputs, outputs and dynamic dims, the metadata copied
+with `quantization` set to the scheme's name, one self-contained file that passes onnx.checker.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                      quantize_static)
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from .. import format as fmt
+from .._files import atomic_output, check_output_path
+from ..runtime.evaluate import read_stories
+from ..runtime.model import MixerModel
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantOptions:
+    mode: str = "dynamic"                 # a key of format.QUANT_SCHEMES
+    per_channel: bool = False
+    float_parts: tuple[str, ...] = ()     # MatMul groups kept in float: "head", "hyper", "channel"
+    embedding: bool = True                # int8 Gather of the embedding table (int8 modes)
+    signed_weights: bool = True           # int8 weights as QInt8 (else QUInt8)
+    block_size: int = 32                  # int4 block size
+    calibration_stories: int = 64         # static mode
+
+
+def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
+    """A float MicroMixer export and its metadata; refuses other and already-quantized files."""
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.is_dir() else f"{path} is a directory")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise fmt.FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    meta = fmt.parse_metadata({p.key: p.value for p in model.metadata_props})
+    if meta["quantization"] != fmt.QUANT_NONE:
+        raise fmt.FormatError(f"{path} is already quantized ({meta['quantization']}); "
+                              "quantize the float export instead")
+    return model, meta
+
+
+def matmul_groups(model: onnx.ModelProto, hyper_dim: int) -> dict[str, list[str]]:
+    """MatMul node names by role, told apart by their weight shapes and outputs."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    groups: dict[str, list[str]] = {"head": [], "hyper": [], "channel": []}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        shape = shapes.get(node.input[1], ())
+        role = ("head" if fmt.LOGITS in node.output else
+                "hyper" if hyper_dim in shape else "channel")
+        groups[role].append(node.name)
+    return groups
+
+
+class StoryReader(CalibrationDataReader):
+    """Real inputs for calibration: chunks of stories, each with the running state before it."""
+
+    def __init__(self, float_path: str, text_path: str, stories: int, seed: int = 0):
+        model = MixerModel(float_path)
+        rng = np.random.default_rng(seed)
+        self._feeds = []
+        for story in read_stories(text_path)[:stories]:
+            ids = np.frombuffer(bytes([fmt.BOS_ID]) + story[:model.max_seq_len - 1], np.uint8).astype(np.int64)
+            state, pos = model.new_state(), 0
+            while pos < len(ids):  # a prefill chunk, then single-token steps, alternating
+                n = int(rng.integers(1, 24)) if rng.random() < 0.5 else 1
+                chunk = ids[None, pos:pos + n]
+                self._feeds.append({fmt.INPUT_IDS: chunk, fmt.POSITION: state.position.copy(),
+                                    fmt.STATE: state.sums.copy()})
+                _, state = model.run(chunk, state)
+                pos += chunk.shape[1]
+        self._iter = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def _exclusions(model, meta, options: QuantOptions) -> list[str]:
+    groups = matmul_groups(model, meta["hyper_hidden_dim"])
+    names = [n for part in options.float_parts for n in groups[part]]
+    if not options.embedding:
+        names += [n.name for n in model.graph.node if n.op_type == "Gather" and
+                  any(t.name == n.input[0] and len(t.dims) == 2 for t in model.graph.initializer)]
+    return names
+
+
+def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibration) -> None:
+    wtype = QuantType.QInt8 if options.signed_weights else QuantType.QUInt8
+    exclude = _exclusions(model, meta, options)
+    ops = ["MatMul"] + (["Gather"] if options.embedding else [])
+    if options.mode == "dynamic":
+        quantize_dynamic(src, dst, op_types_to_quantize=ops, per_channel=options.per_channel,
+                         weight_type=wtype, nodes_to_exclude=exclude)
+    elif options.mode == "static":
+        reader = StoryReader(src, calibration, options.calibration_stories)
+        quantize_static(src, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
+                        per_channel=options.per_channel, activation_type=QuantType.QInt8,
+                        weight_type=wtype, nodes_to_exclude=exclude,
+                        extra_options={"ActivationSymmetric": True})
+    elif options.mode == "int4":
+        # the embedding Gather too (GatherBlockQuantized), blocks along the hidden axis
+        ops4 = ("MatMul", "Gather") if options.embedding else ("MatMul",)
+        q = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=True,
+                                 nodes_to_exclude=exclude, op_types_to_quantize=ops4,
+                                 quant_axes=(("MatMul", 0), ("Gather", 1)))
+        q.process()
+        onnx.save_model(q.model.model, dst)
+    else:
+        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """onnxruntime.quantization logs every tensor at INFO on the root logger."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: QuantOptions = QuantOptions(),
+                  calibration: str | os.PathLike | None = None) -> dict:
+    """Quantize a float export into `output` (atomically); returns the new metadata."""
+    out = check_output_path(output, src)
+    if options.mode not in fmt.QUANT_SCHEMES:
+        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
+    if options.mode == "static":
+        if calibration is None:
+            raise ValueError("--mode static needs --calibration TEXT (stories separated by blank lines)")
+        if not Path(calibration).is_file():
+            raise FileNotFoundError(f"calibration file {calibration}: no such file")
+    model, meta = load_micromixer(src)
+    with tempfile.TemporaryDirectory(prefix="mixer-quantize-") as tmp, _quiet_logging():
+        _quantize_to(os.fspath(src), os.path.join(tmp, "q.onnx"), model, meta, options,
+                     calibration and os.fspath(calibration))
+        qmodel = onnx.load(os.path.join(tmp, "q.onnx"))
+    meta = {**meta, "quantization": fmt.QUANT_SCHEMES[options.mode],
+            "quantization_options": dataclasses.asdict(options)}
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.add(key=fmt.METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+    onnx.checker.check_model(qmodel)
+    with atomic_output(out) as tmp_out:
+        onnx.save_model(qmodel, tmp_out, save_as_external_data=False)
+    return meta
