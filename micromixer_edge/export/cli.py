@@ -56,6 +56,8 @@ def main():
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Dropout on each residual branch (training only).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
 @click.option("--eval-stories", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -60,27 +60,28 @@ class ChannelMLP(nn.Module):
 class MixerLayer(nn.Module):
     """Pre-norm residual block: token mixing, then a channel MLP."""
 
-    def __init__(self, cfg: MixerConfig):
+    def __init__(self, cfg: MixerConfig, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.hidden_dim)
         self.token_mixer = TokenMixer(cfg)
         self.norm2 = nn.LayerNorm(cfg.hidden_dim)
         self.channel_mlp = ChannelMLP(cfg)
+        self.drop = nn.Dropout(dropout)  # training only; an identity in eval and in the export
 
     def forward(self, x, s0, count):
         # x (B, T, H) -> (B, T, H), and this layer's new running sum (B, 1, H)
         mixed, s = self.token_mixer(self.norm1(x), s0, count)
-        x = x + mixed
-        return x + self.channel_mlp(self.norm2(x)), s
+        x = x + self.drop(mixed)
+        return x + self.drop(self.channel_mlp(self.norm2(x))), s
 
 
 class MicroMixerV2(nn.Module):
-    def __init__(self, cfg: MixerConfig):
+    def __init__(self, cfg: MixerConfig, dropout: float = 0.0):
         super().__init__()
         self.config = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
         self.rope = RoPE(cfg.hidden_dim)
-        self.mixer_layers = nn.ModuleList(MixerLayer(cfg) for _ in range(cfg.num_layers))
+        self.mixer_layers = nn.ModuleList(MixerLayer(cfg, dropout) for _ in range(cfg.num_layers))
         self.layer_norm = nn.LayerNorm(cfg.hidden_dim)
         self.lm_head = nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied

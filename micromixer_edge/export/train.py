@@ -33,6 +33,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1   # cosine decays to lr * this
     warmup: int = 100
     weight_decay: float = 0.1
+    dropout: float = 0.0        # on each residual branch; the data is small, so it overfits
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 250
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | Non
     train_seqs = [encode(s) for s in read_stories(train_path)]
     valid_seqs = [encode(s) for s in read_stories(valid_path)[:cfg.eval_stories]] if valid_path else []
     torch.manual_seed(cfg.seed)
-    model, start, curve = MicroMixerV2(SIZES[cfg.size]), 0, []
+    model, start, curve = MicroMixerV2(SIZES[cfg.size], cfg.dropout), 0, []
     init_weights(model)
     opt = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -133,3 +134,52 @@ def main():
 
 def eval_main():
     sys.exit(run_cli(eval_command))
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model_paths", metavar="MODEL.onnx [MORE.onnx ...]", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint of the same weights: also time the original PyTorch generate "
+                   "(recompute the last window per token) and print each speed-up. Needs torch.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Thread count measured besides 1.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def bench_command(model_paths, reference, threads, repeats, as_json):
+    """Benchmark exported models: load, decode, prefill, batch throughput, memory, cold start."""
+    import dataclasses
+    import json
+    import platform
+
+    import onnxruntime
+
+    from .bench import NEW_TOKENS, Stat, bench_model, reference_tokens_per_s
+    results = [bench_model(p, threads, repeats) for p in model_paths]
+    ref = None
+    if reference:
+        ref = Stat.of([reference_tokens_per_s(reference) for _ in range(max(1, repeats // 2))])
+        for r in results:
+            r["speedup_vs_reference"] = r["decode_tokens_per_s_1t"].median / ref.median
+    env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "cpus": __import__("os").cpu_count(), "onnxruntime": onnxruntime.__version__,
+           "python": platform.python_version(), "new_tokens": NEW_TOKENS}
+    if as_json:
+        plain = lambda v: dataclasses.asdict(v) if isinstance(v, Stat) else v  # noqa: E731
+        doc = {"environment": env, "reference_tokens_per_s": plain(ref) if ref else None,
+               "models": [{k: plain(v) for k, v in r.items()} for r in results]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(" | ".join(f"{k}: {v}" for k, v in env.items()))
+    if ref:
+        click.echo(f"reference (original PyTorch generate, {reference}): {ref} tokens/s")
+    keys = [k for k in results[0] if k != "model"]
+    click.echo(f"{'':<26}" + "".join(f"{Path(r['model']).name:>34}" for r in results))
+    for k in keys:
+        cells = [f"{v:,.2f}" if isinstance(v, float) else str(v) for v in (r.get(k) for r in results)]
+        click.echo(f"{k:<26}" + "".join(f"{c:>34}" for c in cells))
+    click.echo("median [min-max] over repeats; tokens/s are bytes/s")
+
+
+def bench_main():
+    sys.exit(run_cli(bench_command))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
-from .model import MixerModel, State
+from .model import MixerModel, State, Stepper
 
 
 class Context:
@@ -21,8 +21,13 @@ class Context:
         if mode not in CONTEXT_MODES:
             raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         self.model, self.mode, self.W = model, mode, model.max_seq_len
-        self.state = model.new_state(batch)
+        self._stepper = Stepper(model, batch)
         self.history: list[list[int]] = [[] for _ in range(batch)]  # recent tokens per row
+
+    @property
+    def state(self) -> State:
+        """The live state of every row (a view: assign through `set_rows`)."""
+        return self._stepper.state
 
     def _remember(self, row: int, tokens) -> None:
         if self.mode != "unbounded":
@@ -66,12 +71,12 @@ class Context:
         tokens = np.asarray(tokens, dtype=np.int64)
         full = self.state.position >= self.W if self.mode != "unbounded" else None
         if full is None or not full.any():
-            logits, self.state = self.model.step(tokens, self.state)
+            logits = self._stepper.step(tokens).copy()
         else:
             rows = np.flatnonzero(full).tolist()
             if self.mode == "halve":
                 self._refold(rows, self.W // 2)
-                logits, self.state = self.model.step(tokens, self.state)
+                logits = self._stepper.step(tokens).copy()
             else:  # window: full rows re-fold their last W tokens; the others step
                 logits = np.empty((len(tokens), self.model.config.vocab_size), np.float32)
                 logits[rows] = self._refold(rows, self.W - 1, tokens[rows].tolist())

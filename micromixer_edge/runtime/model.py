@@ -105,3 +105,44 @@ class MixerModel:
         """One token per row: tokens (B,) -> logits (B, V)."""
         logits, state = self.run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
         return logits[:, 0], state
+
+
+class Stepper:
+    """Single-token decoding through onnxruntime IO binding: no allocation per token.
+
+    Inputs and outputs live in preallocated numpy buffers that onnxruntime reads and writes in
+    place; the running sums ping-pong between two buffers, so each step is one `run_with_iobinding`.
+    `state` is a live view of the current buffers (write into it with `State.set_rows`).
+    """
+
+    def __init__(self, model: MixerModel, batch: int = 1):
+        cfg = model.config
+        self._session = model.session
+        self._ids = np.zeros((batch, 1), np.int64)
+        self._position = np.zeros(batch, np.int64)
+        self._sums = [np.zeros((cfg.num_layers, batch, cfg.hidden_dim), np.float32) for _ in range(2)]
+        self._logits = np.zeros((batch, 1, cfg.vocab_size), np.float32)
+        self._bindings = [self._bind(0), self._bind(1)]
+        self._current = 0
+
+    def _bind(self, i: int):
+        value = ort.OrtValue.ortvalue_from_numpy  # shares the numpy buffer, no copy
+        b = self._session.io_binding()
+        b.bind_ortvalue_input(fmt.INPUT_IDS, value(self._ids))
+        b.bind_ortvalue_input(fmt.POSITION, value(self._position))
+        b.bind_ortvalue_input(fmt.STATE, value(self._sums[i]))
+        b.bind_ortvalue_output(fmt.LOGITS, value(self._logits))
+        b.bind_ortvalue_output(fmt.STATE_OUT, value(self._sums[1 - i]))
+        return b
+
+    @property
+    def state(self) -> State:
+        return State(self._sums[self._current], self._position)
+
+    def step(self, tokens) -> np.ndarray:
+        """tokens (B,) -> next-token logits (B, V), a buffer overwritten by the next step."""
+        self._ids[:, 0] = tokens
+        self._session.run_with_iobinding(self._bindings[self._current])
+        self._current ^= 1
+        self._position += 1
+        return self._logits[:, 0]

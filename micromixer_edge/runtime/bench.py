@@ -1,0 +1,134 @@
+"""mixer-bench: what a user will see, measured in one run (warm-up, repeats, median and spread).
+
+Needs torch only for `reference`: the original MicroMixer-1 generate, which recomputes the last
+window for every new token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..format import BOS_ID
+from .context import Context
+from .model import MixerModel
+
+PROMPT = "Once upon a time"
+NEW_TOKENS = 240
+
+
+@dataclasses.dataclass
+class Stat:
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values) -> "Stat":
+        return cls(statistics.median(values), min(values), max(values))
+
+    def __str__(self) -> str:
+        return f"{self.median:,.1f} [{self.low:,.1f}-{self.high:,.1f}]"
+
+
+def repeat(fn, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    return [fn() for _ in range(repeats)]
+
+
+def decode_tokens_per_s(model: MixerModel, tokens: int = NEW_TOKENS) -> float:
+    """Greedy single-stream decoding as mixer-run does it: context feed + argmax per byte."""
+    ctx = Context(model, 1)
+    logits = ctx.feed_sequence([BOS_ID, *PROMPT.encode()])[-1]
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        logits = ctx.feed((int(np.argmax(logits)),))[0]
+    return tokens / (time.perf_counter() - t0)
+
+
+def prefill_ms(model: MixerModel) -> float:
+    ids = (np.arange(model.max_seq_len) % 90 + 32)[None]
+    t0 = time.perf_counter()
+    model.prefill(ids)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def batch_tokens_per_s(model: MixerModel, batch: int, steps: int = 64) -> float:
+    ctx = Context(model, batch)
+    tokens = np.full(batch, 65)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        ctx.feed(tokens)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+# Runs mixer-run, then reports the process's own peak RSS (VmHWM). getrusage/wait4 would count
+# the pages of this (large) parent process inherited at fork, which Linux keeps across exec.
+_RUNNER = """
+import atexit, sys
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("VmHWM " + line.split()[1] + "\\n")
+atexit.register(hwm)
+sys.argv = ["mixer-run"] + sys.argv[1:]
+from micromixer_edge.runtime.cli import main
+main()
+"""
+
+
+def runner_process(path: str, tokens: int, threads: int = 1) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a fresh `mixer-run` process: interpreter, imports, load, decode."""
+    cmd = [sys.executable, "-c", _RUNNER, path, "-p", PROMPT, "-n", str(tokens),
+           "--temperature", "0", "--ignore-eos", "--threads", str(threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    hwm = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM ")]
+    if proc.returncode != 0 or not hwm:
+        raise RuntimeError(f"mixer-run failed on {path}: {proc.stderr[:200]}")
+    return wall, int(hwm[-1]) / 1024
+
+
+def reference_tokens_per_s(checkpoint: str, tokens: int = NEW_TOKENS) -> float:
+    """The original generate: logits of the whole last window for every new token (PyTorch)."""
+    import torch
+    from ..export.checkpoint import load_checkpoint
+    model = load_checkpoint(checkpoint).model
+    idx = torch.tensor([[BOS_ID, *PROMPT.encode()]])
+    W = model.config.max_seq_len
+    with torch.no_grad():
+        model(idx)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            logits = model(idx[:, -W:])[:, -1]
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens / (time.perf_counter() - t0)
+
+
+def bench_model(path: str, threads: int, repeats: int) -> dict:
+    t0 = time.perf_counter()
+    model = MixerModel(path, 1)
+    load_s = time.perf_counter() - t0
+    many = MixerModel(path, threads) if threads > 1 else model
+    cold = [runner_process(path, 1) for _ in range(repeats)]
+    result = {
+        "model": path, "file_mb": Path(path).stat().st_size / 1e6,
+        "quantization": model.meta["quantization"], "load_ms": load_s * 1e3,
+        "decode_tokens_per_s_1t": Stat.of(repeat(lambda: decode_tokens_per_s(model), repeats)),
+        f"decode_tokens_per_s_{threads}t": Stat.of(repeat(lambda: decode_tokens_per_s(many), repeats)),
+        "prefill_window_ms": Stat.of(repeat(lambda: prefill_ms(model), repeats, warmup=2)),
+        "cold_start_ms": Stat.of([c[0] * 1e3 for c in cold]),
+        "peak_rss_mb": max(runner_process(path, NEW_TOKENS)[1] for _ in range(2)),
+    }
+    for b in (1, 8, 64):
+        result[f"batch{b}_tokens_per_s"] = Stat.of(repeat(lambda: batch_tokens_per_s(many, b), repeats))
+    step_ms = 1e3 / result["decode_tokens_per_s_1t"].median
+    result["prefill_over_step"] = result["prefill_window_ms"].median / step_ms
+    return result
