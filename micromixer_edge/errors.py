@@ -11,8 +11,7 @@ from ._files import OutputError
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPT = 2, 1, 130
 
 # Errors that mean "bad input": reported as one line, never a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FormatError, OutputError, FileNotFoundError,
-                                                IsADirectoryError, PermissionError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (FormatError, OutputError, ValueError)
 
 
 def run_cli(command: click.Command, args=None) -> int:
@@ -29,6 +28,12 @@ def run_cli(command: click.Command, args=None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    except OSError as e:  # a file the user named: "PATH: no such file or directory"
+        text = f"{e.filename}: {e.strerror.lower()}" if e.filename and e.strerror else str(e)
+        click.echo(f"error: {text}", err=True)
+        return EXIT_ERROR
     except USER_ERRORS as e:
         click.echo(f"error: {e}", err=True)
         return EXIT_ERROR

@@ -43,8 +43,11 @@ def _read(path: Path) -> tuple[dict, dict]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused, holds more than tensors ({first[:160]})") from None
+        # the weights-only unpickler names what it refused to import ("Unsupported global: ...")
+        refused = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if refused:
+            raise CheckpointError(f"{path}: refused, holds more than tensors ({refused[0][:160]})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle)") from None
     except Exception as e:  # torch raises RuntimeError/EOFError/... for non-torch files
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
     extras = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import os
 import warnings
@@ -17,6 +16,7 @@ import torch
 from .. import format as fmt
 from .._files import atomic_output
 from .model import MicroMixerV2
+from ..onnx_io import add_selftest, save_model, set_metadata
 from .validate import validate
 
 DEFAULT_OPSET = 20  # the first opset with Gelu as one op (LayerNormalization needs 17)
@@ -57,24 +57,6 @@ def to_onnx(model: MicroMixerV2, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     proto = program.model_proto
     proto.producer_name = "micromixer-edge"
     return proto
-
-
-def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
-    """Write (or replace) the contract's metadata entry."""
-    for prop in list(proto.metadata_props):
-        if prop.key == fmt.METADATA_KEY:
-            proto.metadata_props.remove(prop)
-    proto.metadata_props.add(key=fmt.METADATA_KEY, value=json.dumps(meta, sort_keys=True))
-
-
-def read_metadata(proto: onnx.ModelProto) -> dict:
-    return fmt.parse_metadata({p.key: p.value for p in proto.metadata_props})
-
-
-def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Check and write one self-contained file (no external-data side file)."""
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
 
 
 @contextlib.contextmanager
@@ -118,6 +100,8 @@ def export(model: MicroMixerV2, size: str, checkpoint_sha256: str, output: str |
             if bad:
                 raise ValidationError("validation failed: " + ", ".join(
                     f"{k} max abs diff {v:.3g} > atol {atol:g}" for k, v in bad.items()))
+        meta = add_selftest(proto, meta, tmp)
+        save_model(proto, tmp)
     return ExportResult(Path(output), len(proto.graph.node), Path(output).stat().st_size, meta, diffs)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..format import BOS_ID, EOS_ID, PAD_ID, SIZES
+from ..runtime.evaluate import read_stories
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import MicroMixerV2
 
@@ -49,16 +50,6 @@ def init_weights(model: MicroMixerV2) -> None:
             torch.nn.init.zeros_(p)
         elif p.dim() >= 2:
             torch.nn.init.normal_(p, std=0.02)
-
-
-def read_stories(path: str | Path) -> list[bytes]:
-    """Stories of a UTF-8 text file, separated by blank lines."""
-    data = Path(path).read_bytes().replace(b"\r\n", b"\n")
-    stories = [s.strip() for s in data.split(b"\n\n")]
-    stories = [s for s in stories if s]
-    if not stories:
-        raise ValueError(f"{path}: no text found (stories are separated by blank lines)")
-    return stories
 
 
 def encode(story: bytes) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -22,7 +21,9 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from .. import format as fmt
 from .._files import atomic_output, check_output_path
 from ..runtime.evaluate import read_stories
+from ..onnx_io import add_selftest, read_metadata, save_model, set_metadata
 from ..runtime.model import MixerModel
+from ..runtime.selftest import SELFTEST_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise fmt.FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
-    meta = fmt.parse_metadata({p.key: p.value for p in model.metadata_props})
+    meta = read_metadata(model)
     if meta["quantization"] != fmt.QUANT_NONE:
         raise fmt.FormatError(f"{path} is already quantized ({meta['quantization']}); "
                               "quantize the float export instead")
@@ -151,9 +152,10 @@ def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: Qu
         qmodel = onnx.load(os.path.join(tmp, "q.onnx"))
     meta = {**meta, "quantization": fmt.QUANT_SCHEMES[options.mode],
             "quantization_options": dataclasses.asdict(options)}
-    del qmodel.metadata_props[:]
-    qmodel.metadata_props.add(key=fmt.METADATA_KEY, value=json.dumps(meta, sort_keys=True))
-    onnx.checker.check_model(qmodel)
+    meta.pop(SELFTEST_KEY, None)  # the float model's vector does not hold for the quantized one
+    set_metadata(qmodel, meta)
     with atomic_output(out) as tmp_out:
-        onnx.save_model(qmodel, tmp_out, save_as_external_data=False)
+        save_model(qmodel, tmp_out)
+        meta = add_selftest(qmodel, meta, tmp_out)
+        save_model(qmodel, tmp_out)
     return meta

@@ -52,9 +52,19 @@ def _stats_line(stats) -> str:
 @click.option("--ignore-eos", is_flag=True, help="Never stop at the end-of-sequence token.")
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
 @click.option("--stats", is_flag=True, help="Print prefill time and tokens/s to stderr.")
-def run_command(model_path, prompt, threads, echo, stats, **kw):
+@click.option("--selftest", is_flag=True,
+              help="Check this device against the greedy bytes stored in the file at export; "
+                   "prints PASS/FAIL, tokens/s, CPU and onnxruntime version.")
+def run_command(model_path, prompt, threads, echo, stats, selftest, **kw):
     """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
     from .api import load_model, options_from
+    if selftest:
+        from .selftest import run_selftest
+        result = run_selftest(load_model(model_path, threads))
+        click.echo(result.line())
+        if not result.passed:
+            raise SystemExit(1)
+        return
     if prompt == "-":
         prompt = _read_stdin_prompt()
     options = options_from(**kw)  # validates before the (slower) model load

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Set up (idempotently, with a cache) an emulated aarch64 Python 3.11 to test the runtime as it runs
+# on a Raspberry Pi: QEMU user mode, Debian's arm64 python3.11 unpacked into a sysroot, and PyPI's
+# aarch64 wheels. Only the package registries are used. Prints the sysroot path on success.
+#   ARM_CACHE (default: .cache/arm) holds everything; delete it to start over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${ARM_CACHE:-$PWD/.cache/arm}
+SYSROOT=$CACHE/sysroot
+mkdir -p "$CACHE/debs" "$SYSROOT"
+log() { echo "arm-setup: $*" >&2; }
+
+if ! command -v qemu-aarch64-static >/dev/null; then
+  log "installing qemu-user-static"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >&2
+fi
+
+# arch-independent wheels that ensurepip (python3.11 -m venv) installs from
+ALL_PKGS="python3-pip-whl python3-setuptools-whl"
+if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+  fi
+  if [ -z "$(ls "$CACHE/debs")" ]; then
+    log "downloading arm64 packages"
+    apt-get update -qq >&2
+    # python3.11 and python3.11-venv with their library dependencies, resolved by apt
+    deps=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+             --no-replaces --no-enhances --no-pre-depends python3.11:arm64 python3.11-venv:arm64 \
+             libstdc++6:arm64 | grep -E '^[a-z0-9].*:arm64$' | grep -vE '^(dpkg|tar|install-info|perl)' | sort -u)
+    (cd "$CACHE/debs" && apt-get download $deps $ALL_PKGS >&2)
+  fi
+  log "unpacking into $SYSROOT"
+  for deb in "$CACHE"/debs/*.deb; do dpkg -x "$deb" "$SYSROOT"; done
+fi
+
+# a Raspberry Pi 4's /proc/cpuinfo: onnxruntime's CPU probe crashes on the host's x86 one under QEMU
+cat > "$CACHE/cpuinfo" <<'CPU'
+processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+Hardware	: BCM2835
+Model		: Raspberry Pi 4 Model B Rev 1.4
+CPU
+cp "$CACHE/cpuinfo" "$CACHE/cpuinfo.a72"
+sed -e 's/0xd08/0xd0b/' -e 's/Features.*/Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp/' \
+    -e 's/Raspberry Pi 4 Model B Rev 1.4/Raspberry Pi 5 Model B Rev 1.0/' "$CACHE/cpuinfo" > "$CACHE/cpuinfo.a76"
+
+# aarch64 wheels for the runtime's dependencies (onnxruntime's carry only the manylinux_2_28 tag)
+if [ ! -f "$CACHE/wheels/.done" ]; then
+  log "downloading aarch64 wheels"
+  mkdir -p "$CACHE/wheels"
+  python3 -m pip download --quiet --dest "$CACHE/wheels" --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
+    --platform any -r scripts/arm-requirements.txt >&2
+  touch "$CACHE/wheels/.done"
+fi
+echo "$SYSROOT"
