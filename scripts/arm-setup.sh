@@ -61,4 +61,14 @@ if [ ! -f "$CACHE/wheels/.done" ]; then
     --platform any -r scripts/arm-requirements.txt >&2
   touch "$CACHE/wheels/.done"
 fi
+# Let aarch64 programs run transparently (a venv's python, its console scripts): register QEMU
+# with binfmt_misc; with QEMU_LD_PREFIX=SYSROOT they find the arm64 libraries.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  log "registering qemu-aarch64 with binfmt_misc"
+  sed 's|:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:.*$|:/usr/bin/qemu-aarch64-static:F|' \
+    /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
+fi
 echo "$SYSROOT"

@@ -1,0 +1,3 @@
+from .bundle import make_bundle
+
+__all__ = ["make_bundle"]

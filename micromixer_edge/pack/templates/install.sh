@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install the MicroMixer runtime into ./.venv from the bundled wheels, then self-test the model.
+# Needs python3 (3.11 on Raspberry Pi OS bookworm) with venv: sudo apt install python3-venv
+set -eu
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+if [ "$(uname -m)" = "armv7l" ]; then
+  echo "32-bit Raspberry Pi OS has no onnxruntime wheel; use the 64-bit OS" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check --quiet "$@"; }
+# the runtime needs numpy, onnxruntime and click only: offline from wheels/, else from PyPI
+pip install --no-index --find-links wheels -r requirements.txt || pip install -r requirements.txt
+pip install --no-index --no-deps wheels/micromixer_edge-*.whl
+.venv/bin/mixer-run "@MODEL@" --selftest
