@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (idempotently, with a cache) an emulated aarch64 Python 3.11 to test the runtime as it runs
-# on a Raspberry Pi: QEMU user mode, Debian's arm64 python3.11 unpacked into a sysroot, and PyPI's
-# aarch64 wheels. Only the package registries are used. Prints the sysroot path on success.
+# on a Raspberry Pi: QEMU user mode and Debian's arm64 python3.11 unpacked into a sysroot (PyPI's
+# aarch64 wheels come with the mixer-pack bundle the tests install). Only the package registries
+# are used. Prints the sysroot path on success.
 #   ARM_CACHE (default: .cache/arm) holds everything; delete it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,15 +53,6 @@ cp "$CACHE/cpuinfo" "$CACHE/cpuinfo.a72"
 sed -e 's/0xd08/0xd0b/' -e 's/Features.*/Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp/' \
     -e 's/Raspberry Pi 4 Model B Rev 1.4/Raspberry Pi 5 Model B Rev 1.0/' "$CACHE/cpuinfo" > "$CACHE/cpuinfo.a76"
 
-# aarch64 wheels for the runtime's dependencies (onnxruntime's carry only the manylinux_2_28 tag)
-if [ ! -f "$CACHE/wheels/.done" ]; then
-  log "downloading aarch64 wheels"
-  mkdir -p "$CACHE/wheels"
-  python3 -m pip download --quiet --dest "$CACHE/wheels" --only-binary=:all: --python-version 3.11 \
-    --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
-    --platform any -r scripts/arm-requirements.txt >&2
-  touch "$CACHE/wheels/.done"
-fi
 # Let aarch64 programs run transparently (a venv's python, its console scripts): register QEMU
 # with binfmt_misc; with QEMU_LD_PREFIX=SYSROOT they find the arm64 libraries.
 if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
