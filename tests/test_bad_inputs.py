@@ -37,6 +37,16 @@ def files(export_file, tmp_path_factory):
     meta = json.loads(model.metadata_props[0].value)
     model.metadata_props[0].value = json.dumps({**meta, "format_version": 7})
     onnx.save(model, str(d / "v7.onnx"))
+    # a MicroMixer export whose embedding lives outside the model's own directory
+    ext = onnx.load(str(good))
+    emb = next(t for t in ext.graph.initializer if len(t.dims) == 2)
+    (d / "emb.bin").write_bytes(emb.raw_data)
+    emb.ClearField("raw_data")
+    emb.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../emb.bin"), ("offset", "0"), ("length", str((d / "emb.bin").stat().st_size))):
+        emb.external_data.add(key=key, value=value)
+    (d / "ext").mkdir()
+    (d / "ext" / "m.onnx").write_bytes(ext.SerializeToString())
     sd = torch.load(GOLDEN / "100k_model.pt", weights_only=True)
     torch.save({k: v for k, v in sd.items() if k != "layer_norm.bias"}, d / "missing_key.pt")
     torch.save({**sd, "extra.weight": torch.zeros(2)}, d / "extra_key.pt")
@@ -72,6 +82,8 @@ def _case(f, name):
         "quantize unknown version": ("quantize", [str(d / "v7.onnx"), "-o", out], "format_version 7"),
         "quantize output is input": ("quantize", [good, "-o", good], "is the input"),
         "quantize output dir missing": ("quantize", [good, "-o", str(d / "nope" / "q.onnx")], "does not exist"),
+        "quantize external data": ("quantize", [str(d / "ext" / "m.onnx"), "-o", out], "external data"),
+        "run external data outside": ("run", [str(d / "ext" / "m.onnx"), "-p", "hi"], "escapes model directory"),
         "run missing file": ("run", [str(d / "absent.onnx"), "-p", "hi"], "no such file"),
         "run directory": ("run", [str(d / "dir"), "-p", "hi"], "is a directory"),
         "run random bytes": ("run", [str(d / "random.onnx"), "-p", "hi"], "not a loadable ONNX model"),
@@ -101,7 +113,8 @@ CASES = [
     "export other size", "export missing key", "export extra key", "export mis-shaped key",
     "export output dir missing", "export output is input", "quantize missing file", "quantize directory",
     "quantize empty file", "quantize random bytes", "quantize truncated", "quantize non-MicroMixer",
-    "quantize unknown version", "quantize output is input", "quantize output dir missing",
+    "quantize unknown version", "quantize output is input", "quantize external data",
+    "run external data outside", "quantize output dir missing",
     "run missing file", "run directory", "run random bytes", "run truncated", "run non-MicroMixer",
     "run unknown version", "run temperature < 0", "run top-p > 1", "run top-p = 0", "run top-k < 0",
     "run threads < 1", "run max new tokens < 0", "run unknown context", "run empty prompt",

@@ -92,7 +92,8 @@ class MicroMixerV2(nn.Module):
         Returns logits (B, T, V) and the state with these T positions added (L, B, H).
         """
         t = torch.arange(idx.shape[1], device=idx.device).unsqueeze(-1)  # (T, 1)
-        pos = (position.view(-1, 1, 1) + t).to(torch.float32)  # (B, T, 1) absolute positions
+        dtype = self.token_embedding.weight.dtype  # float32 when exported; float64 for drift checks
+        pos = (position.view(-1, 1, 1) + t).to(dtype)  # (B, T, 1) absolute positions
         count = pos + 1.0  # (B, T, 1) tokens in each running mean
         x = self.rope(self.token_embedding(idx), pos)  # (B, T, H)
         state = state.transpose(0, 1)  # (B, L, H): one transpose, then a slice per layer

@@ -46,6 +46,8 @@ def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise fmt.FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise fmt.FormatError(f"{path} has external data; MicroMixer exports are self-contained files")
     meta = read_metadata(model)
     if meta["quantization"] != fmt.QUANT_NONE:
         raise fmt.FormatError(f"{path} is already quantized ({meta['quantization']}); "
