@@ -36,6 +36,10 @@ QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
 CONTEXT_MODES = ("halve", "window", "unbounded")
 DEFAULT_CONTEXT_MODE = "halve"
 
+# --- runtime backends: onnxruntime, or numpy alone for boards without an onnxruntime wheel ----
+BACKENDS = ("auto", "onnxruntime", "numpy")
+DEFAULT_BACKEND = "auto"  # onnxruntime when installed, else numpy
+
 # --- default Hugging Face repos of the published checkpoints --------------------------------
 HUB_REPOS = {
     "100k": "llaa33219/MicroMixer-1-100K-TinyStories",

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 
+from ..format import DEFAULT_BACKEND
 from .generate import GenerateOptions
 from .model import MixerModel
 from .sampling import SamplingParams
 
 
-def load_model(path: str | os.PathLike, threads: int = 1) -> MixerModel:
+def load_model(path: str | os.PathLike, threads: int = 1, backend: str = DEFAULT_BACKEND) -> MixerModel:
     """Open an exported .onnx file (its metadata says everything else)."""
-    return MixerModel(path, threads)
+    return MixerModel(path, threads, backend)
 
 
 def options_from(max_new_tokens=256, seed=None, stop=(), context=None, context_mode=None,

@@ -7,10 +7,13 @@ from pathlib import Path
 import click
 
 from ..errors import run_cli
-from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+from ..format import BACKENDS, CONTEXT_MODES, DEFAULT_BACKEND, DEFAULT_CONTEXT_MODE
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 MODEL_ARG = click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=True))
+BACKEND_OPT = click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+                           help="onnxruntime, or numpy alone (boards without onnxruntime); auto picks "
+                                "onnxruntime when installed.")
 
 
 def _read_stdin_prompt() -> str:
@@ -52,15 +55,16 @@ def _stats_line(stats) -> str:
 @click.option("--ignore-eos", is_flag=True, help="Never stop at the end-of-sequence token.")
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
 @click.option("--stats", is_flag=True, help="Print prefill time and tokens/s to stderr.")
+@BACKEND_OPT
 @click.option("--selftest", is_flag=True,
               help="Check this device against the greedy bytes stored in the file at export; "
                    "prints PASS/FAIL, tokens/s, CPU and onnxruntime version.")
-def run_command(model_path, prompt, threads, echo, stats, selftest, **kw):
+def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **kw):
     """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
     from .api import load_model, options_from
     if selftest:
         from .selftest import run_selftest
-        result = run_selftest(load_model(model_path, threads))
+        result = run_selftest(load_model(model_path, threads, backend))
         click.echo(result.line())
         if not result.passed:
             raise SystemExit(1)
@@ -70,7 +74,7 @@ def run_command(model_path, prompt, threads, echo, stats, selftest, **kw):
     options = options_from(**kw)  # validates before the (slower) model load
     if prompt is not None and not prompt:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
-    model = load_model(model_path, threads)
+    model = load_model(model_path, threads, backend)
     if prompt is None:
         if not sys.stdin.isatty():
             raise click.UsageError("no prompt: give -p TEXT, or -p - to read stdin")
@@ -123,11 +127,12 @@ def _interactive(model, options, show_stats):
               help="Only stories at least this long (e.g. longer than max_seq_len).")
 @click.option("--limit", type=int, help="At most this many stories.")
 @click.option("--threads", type=int, default=1, show_default=True)
-def eval_command(model_path, text_path, contexts, min_bytes, limit, threads):
+@BACKEND_OPT
+def eval_command(model_path, text_path, contexts, min_bytes, limit, threads, backend):
     """Bits per byte (and tokens/s) of a model on a text."""
     from .api import load_model
     from .evaluate import bits_per_byte, read_stories
-    model = load_model(model_path, threads)
+    model = load_model(model_path, threads, backend)
     stories = [s for s in read_stories(text_path) if len(s) >= min_bytes][:limit]
     if not stories:
         raise click.UsageError(f"{text_path}: no story of at least {min_bytes} bytes")

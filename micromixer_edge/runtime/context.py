@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
-from .model import MixerModel, State, Stepper
+from .model import MixerModel, State
 
 
 class Context:
@@ -21,7 +21,7 @@ class Context:
         if mode not in CONTEXT_MODES:
             raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         self.model, self.mode, self.W = model, mode, model.max_seq_len
-        self._stepper = Stepper(model, batch)
+        self._stepper = model.stepper(batch)
         self.history: list[list[int]] = [[] for _ in range(batch)]  # recent tokens per row
 
     @property

@@ -9,9 +9,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .. import format as fmt
+
+try:
+    import onnxruntime as ort
+except ImportError:  # boards without an onnxruntime wheel (armv7) use the numpy backend
+    ort = None
 
 
 @dataclasses.dataclass
@@ -32,7 +36,7 @@ class State:
         self.position[index] = other.position
 
 
-def session_options(threads: int = 1) -> ort.SessionOptions:
+def session_options(threads: int = 1) -> "ort.SessionOptions":
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -42,14 +46,21 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     return opts
 
 
-def open_session(path: str | os.PathLike, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime session on a file, with every failure turned into a one-line FormatError."""
+def open_session(path: str | os.PathLike, threads: int = 1, backend: str = fmt.DEFAULT_BACKEND):
+    """An onnxruntime (or numpy) session on a file; every failure becomes a one-line FormatError."""
     path = Path(path)
     if path.is_dir():
         raise fmt.FormatError(f"{path} is a directory, not an .onnx file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if backend not in fmt.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(fmt.BACKENDS)}")
+    if backend == "onnxruntime" and ort is None:
+        raise ValueError("onnxruntime is not installed; install it, or use --backend numpy")
     try:
+        if backend == "numpy" or (backend == "auto" and ort is None):
+            from .numpy_backend import NumpySession
+            return NumpySession(path)
         return ort.InferenceSession(os.fspath(path), session_options(threads),
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
@@ -68,11 +79,12 @@ def check_interface(sess: ort.InferenceSession, path) -> None:
 class MixerModel:
     """One exported model. `prefill` folds in tokens, `step` one token per row; both pure."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1):
+    def __init__(self, path: str | os.PathLike, threads: int = 1, backend: str = fmt.DEFAULT_BACKEND):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
-        self.session = open_session(path, threads)
+        self.session = open_session(path, threads, backend)
+        self.backend = "onnxruntime" if ort is not None and isinstance(self.session, ort.InferenceSession) else "numpy"
         self.meta = fmt.parse_metadata(self.session.get_modelmeta().custom_metadata_map)
         check_interface(self.session, path)
         self.config = fmt.config_from_metadata(self.meta)
@@ -105,6 +117,22 @@ class MixerModel:
         """One token per row: tokens (B,) -> logits (B, V)."""
         logits, state = self.run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
         return logits[:, 0], state
+
+    def stepper(self, batch: int = 1) -> "Stepper | PlainStepper":
+        """A stateful single-token decoder (IO binding where onnxruntime runs the file)."""
+        return Stepper(self, batch) if self.backend == "onnxruntime" else PlainStepper(self, batch)
+
+
+class PlainStepper:
+    """The Stepper interface on plain `run` calls (numpy backend)."""
+
+    def __init__(self, model: MixerModel, batch: int = 1):
+        self._model, self.state = model, model.new_state(batch)
+
+    def step(self, tokens) -> np.ndarray:
+        logits, new = self._model.step(tokens, self.state)
+        self.state.sums, self.state.position = new.sums, new.position
+        return logits
 
 
 class Stepper:

@@ -7,11 +7,14 @@ import platform
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 from ..format import BOS_ID
 from .context import Context
-from .model import MixerModel
+from .model import MixerModel, ort
+
+
+def backend_version(model: MixerModel) -> str:
+    return f"onnxruntime {ort.__version__}" if model.backend == "onnxruntime" else f"numpy {np.__version__}"
 
 SELFTEST_KEY = "selftest"  # field of the metadata JSON
 PROMPT = "Once upon a time"
@@ -30,7 +33,7 @@ def greedy_ids(model: MixerModel, prompt: str, tokens: int) -> list[int]:
 
 def make_vector(model: MixerModel, prompt: str = PROMPT, tokens: int = TOKENS) -> dict:
     return {"prompt": prompt, "greedy_ids": greedy_ids(model, prompt, tokens),
-            "machine": platform.machine(), "onnxruntime": ort.__version__}
+            "machine": platform.machine(), "backend": backend_version(model)}
 
 
 def cpu_name() -> str:
@@ -53,12 +56,11 @@ class SelftestResult:
     expected: int
     tokens_per_s: float
     cpu: str
-    onnxruntime: str
+    backend: str
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else f"FAIL (first {self.matched} of {self.expected} bytes match)"
-        return (f"selftest {verdict} | {self.tokens_per_s:,.0f} tokens/s | cpu: {self.cpu} | "
-                f"onnxruntime {self.onnxruntime}")
+        return f"selftest {verdict} | {self.tokens_per_s:,.0f} tokens/s | cpu: {self.cpu} | {self.backend}"
 
 
 def run_selftest(model: MixerModel) -> SelftestResult:
@@ -70,4 +72,4 @@ def run_selftest(model: MixerModel) -> SelftestResult:
     got = greedy_ids(model, vector["prompt"], len(want))
     rate = len(want) / (time.perf_counter() - t0)
     matched = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
-    return SelftestResult(got == want, matched, len(want), rate, cpu_name(), ort.__version__)
+    return SelftestResult(got == want, matched, len(want), rate, cpu_name(), backend_version(model))

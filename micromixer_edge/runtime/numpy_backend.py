@@ -1,0 +1,215 @@
+"""Run an exported .onnx file with numpy alone: for boards without an onnxruntime wheel (armv7).
+
+The file is read by a small protobuf reader; every node whose inputs are all constant (for
+example the DequantizeLinear of an int8 weight, or a 4-bit block-quantized matrix) is computed once
+at load, so int8/int4 weights are dequantized then; the rest is interpreted op by op, in the
+graph's order (ONNX files are topologically sorted). Same `run(...)` interface as onnxruntime.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .protobuf import DTYPES, read_model
+
+_SQRT1_2 = 1 / math.sqrt(2)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf, and GELU needs it."""
+    s = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return (s * (1.0 - poly * np.exp(-a * a))).astype(x.dtype)
+
+
+def _layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, **_):
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x.mean(axes, keepdims=True)
+    var = np.square(x - mean).mean(axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + epsilon) * scale
+    return (y + bias if bias is not None else y).astype(x.dtype)
+
+
+def _slice(x, starts, ends, axes=None, steps=None):
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[int(a)] = slice(int(s), int(max(min(e, 2**62), -2**62)), int(st))
+    return x[tuple(index)]
+
+
+def _split(x, split=None, axis=0, num_outputs=None):
+    if split is None:
+        n = num_outputs
+        size = -(-x.shape[axis] // n)
+        split = [size] * (n - 1) + [x.shape[axis] - size * (n - 1)]
+    return tuple(np.split(x, np.cumsum(split)[:-1], axis=axis))
+
+
+def _reshape(x, shape, allowzero=0):
+    shape = [x.shape[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _dynamic_quantize(x):
+    """uint8 quantization of an activation, as the ONNX spec defines it (round half to even)."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
+    zp = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
+    y = np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.uint8)
+    return y, np.array(scale, np.float32), np.array(zp, np.uint8)
+
+
+def _dequantize(x, scale, zero_point=None, axis=1, block_size=0, **_):
+    x = x.astype(np.float32) - (zero_point.astype(np.float32) if zero_point is not None else 0)
+    if np.ndim(scale) and np.ndim(x) > 1:  # per-axis
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return (x * scale).astype(np.float32)
+
+
+def _quantize(x, scale, zero_point=None, **_):
+    zp = zero_point if zero_point is not None else np.uint8(0)
+    info = np.iinfo(zp.dtype)
+    return np.clip(np.rint(x / scale) + zp.astype(np.float32), info.min, info.max).astype(zp.dtype)
+
+
+def _matmul_nbits_weight(b, scales, zero_points=None, K=0, N=0, bits=4, block_size=32, **_):
+    """MatMulNBits' packed (N, blocks, blob) uint8 weight -> float (K, N)."""
+    if bits != 4:
+        raise ValueError(f"MatMulNBits with {bits} bits is not supported by the numpy backend")
+    q = np.stack([b & 0x0F, b >> 4], -1).reshape(N, -1)[:, :K].astype(np.float32)  # (N, K)
+    blocks = q.shape[1] // block_size if q.shape[1] % block_size == 0 else -(-K // block_size)
+    if zero_points is None:
+        zp = np.full((N, blocks), 8.0, np.float32)
+    else:
+        zp = np.stack([zero_points & 0x0F, zero_points >> 4], -1).reshape(N, -1)[:, :blocks].astype(np.float32)
+    s = scales.reshape(N, blocks)
+    w = (q - np.repeat(zp, block_size, 1)[:, :K]) * np.repeat(s, block_size, 1)[:, :K]
+    return np.ascontiguousarray(w.T)
+
+
+def _gather_block_weight(data, scales, zero_points=None, quantize_axis=1, block_size=32, **_):
+    s = np.repeat(scales, block_size, axis=quantize_axis)
+    zp = 0 if zero_points is None else np.repeat(zero_points, block_size, axis=quantize_axis).astype(np.float32)
+    index = tuple(slice(0, n) for n in data.shape)
+    return ((data.astype(np.float32) - (zp[index] if np.ndim(zp) else zp)) * s[index]).astype(np.float32)
+
+
+def _cumsum(x, axis, exclusive=0, reverse=0):
+    if exclusive or reverse:
+        raise ValueError("CumSum with exclusive/reverse is not supported by the numpy backend")
+    return np.cumsum(x, axis=int(axis), dtype=x.dtype)
+
+
+OPS = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+    "Div": lambda a, b: (a / b).astype(a.dtype) if a.dtype.kind == "f" else a // b,
+    "MatMul": np.matmul, "Cos": np.cos, "Sin": np.sin, "Sqrt": np.sqrt, "Erf": erf,
+    "Gelu": lambda x, approximate="none": (0.5 * x * (1 + erf(x * np.float32(_SQRT1_2)))).astype(x.dtype),
+    "LayerNormalization": _layer_norm,
+    "CumSum": _cumsum,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": lambda x, i, axis=0: np.take(x, i, axis=axis),
+    "Transpose": lambda x, perm=None: np.transpose(x, perm),
+    "Shape": lambda x, start=0, end=None: np.array(x.shape[start:end], np.int64),
+    "Squeeze": lambda x, axes=None: np.squeeze(x, tuple(int(a) for a in axes) if axes is not None else None),
+    "Unsqueeze": lambda x, axes: np.expand_dims(x, tuple(int(a) for a in axes)),
+    "Range": lambda start, limit, delta: np.arange(start, limit, delta, dtype=np.asarray(start).dtype),
+    "Reshape": _reshape,
+    "Cast": lambda x, to: x.astype(DTYPES[to]),
+    "Concat": lambda *xs, axis: np.concatenate(xs, axis=axis),
+    "Identity": lambda x: x,
+    "DynamicQuantizeLinear": _dynamic_quantize,
+    "MatMulInteger": lambda a, b, a_zp=None, b_zp=None: np.matmul(
+        a.astype(np.int32) - (a_zp.astype(np.int32) if a_zp is not None else 0),
+        b.astype(np.int32) - (b_zp.astype(np.int32) if b_zp is not None else 0)),
+    "DequantizeLinear": _dequantize,
+    "QuantizeLinear": _quantize,
+}
+# block-quantized weights: dequantized once at load, then a plain MatMul / Gather
+DEQUANTIZE_AT_LOAD = {
+    "MatMulNBits": (1, _matmul_nbits_weight, "MatMul", lambda attrs: {}),
+    "GatherBlockQuantized": (0, _gather_block_weight, "Gather", lambda a: {"axis": a.get("gather_axis", 0)}),
+}
+
+
+class _Meta:
+    def __init__(self, props: dict):
+        self.custom_metadata_map = props
+
+
+class _Name:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class NumpySession:
+    """A drop-in for onnxruntime.InferenceSession.run on MicroMixer exports."""
+
+    def __init__(self, path: str | os.PathLike):
+        with open(path, "rb") as f:
+            model = read_model(f.read())
+        self._meta, self._inputs, self._outputs = model["metadata"], model["inputs"], model["outputs"]
+        self._consts = dict(model["initializers"])
+        self._nodes = []
+        for node in model["nodes"]:
+            node = self._dequantize_weights(node)
+            fn = OPS.get(node["op"])
+            if fn is None:
+                raise ValueError(f"operator {node['op']} is not supported by the numpy backend")
+            if all(not i or i in self._consts for i in node["inputs"]):  # fold constants at load
+                self._store(self._consts, node, self._call(fn, node, self._consts))
+            else:
+                self._nodes.append((fn, node))
+
+    def _dequantize_weights(self, node: dict) -> dict:
+        """MatMulNBits(a, w, scales, zp) -> MatMul(a, float w); likewise GatherBlockQuantized."""
+        if node["op"] not in DEQUANTIZE_AT_LOAD:
+            return node
+        weight_at, dequantize, op, attrs = DEQUANTIZE_AT_LOAD[node["op"]]
+        ins = node["inputs"]
+        consts = [i for k, i in enumerate(ins) if k != 1 - weight_at and i]
+        if not all(i in self._consts for i in consts):
+            raise ValueError(f"{node['op']} with non-constant weights is not supported by the numpy backend")
+        name = ins[weight_at] + "/dequantized"
+        extra = [self._consts[i] if i else None for i in ins[2:]]
+        self._consts[name] = dequantize(self._consts[ins[weight_at]], *extra, **node["attrs"])
+        other = ins[1 - weight_at]
+        new_inputs = [other, name] if weight_at == 1 else [name, other]
+        return {**node, "op": op, "inputs": new_inputs, "attrs": attrs(node["attrs"]), "domain": ""}
+
+    @staticmethod
+    def _call(fn, node, values):
+        args = [values[i] if i else None for i in node["inputs"]]
+        while args and args[-1] is None:
+            args.pop()
+        return fn(*args, **node["attrs"])
+
+    @staticmethod
+    def _store(values, node, result):
+        results = result if isinstance(result, tuple) else (result,)
+        for name, value in zip(node["outputs"], results):
+            values[name] = np.asarray(value)
+
+    def run(self, output_names, feeds: dict):
+        values = {**self._consts, **feeds}
+        for fn, node in self._nodes:
+            self._store(values, node, self._call(fn, node, values))
+        return [values[n] for n in (output_names or self._outputs)]
+
+    def get_modelmeta(self):
+        return _Meta(self._meta)
+
+    def get_inputs(self):
+        return [_Name(n) for n in self._inputs]
+
+    def get_outputs(self):
+        return [_Name(n) for n in self._outputs]
