@@ -63,12 +63,13 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads [default: all cores].")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), help="Continue from a checkpoint this command wrote.")
-def train_command(train_path, valid_path, output, resume, **kw):
+@click.option("--stop-after", type=click.IntRange(min=1), help="End this run after N steps (resume later).")
+def train_command(train_path, valid_path, output, resume, stop_after, **kw):
     """Train a MicroMixerV2 preset on the CPU (cosine schedule, AdamW)."""
     from .train import TrainConfig, train
     from .._files import check_output_path
     check_output_path(output, train_path, valid_path)
-    curve = train(TrainConfig(**kw), train_path, valid_path, output, resume)
+    curve = train(TrainConfig(**kw), train_path, valid_path, output, resume, stop_after)
     for step, bpb in curve:
         click.echo(f"step {step}: valid {bpb:.4f} bits/byte")
     click.echo(f"wrote {output}")

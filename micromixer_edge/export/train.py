@@ -118,10 +118,12 @@ def _progress(step: int, cfg: TrainConfig, loss: float, bps: float, extra: str =
 
 
 def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | None,
-          output: str | Path, resume: str | Path | None = None, log=print) -> list[tuple[int, float]]:
+          output: str | Path, resume: str | Path | None = None,
+          stop_after: int | None = None) -> list[tuple[int, float]]:
     """Train, saving the trainer-format checkpoint to `output` at each evaluation and at the end.
 
-    Returns the validation curve [(step, bits per byte), ...].
+    `stop_after` ends this run after that many steps (the schedule still spans cfg.steps), for
+    time-boxed sessions: resume later from `output`. Returns the validation curve [(step, bpb)].
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -149,7 +151,8 @@ def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | Non
                         train_config=dataclasses.asdict(cfg))
 
     t0, seen = time.perf_counter(), 0
-    for step in range(start, cfg.steps):
+    end = min(cfg.steps, start + stop_after) if stop_after else cfg.steps
+    for step in range(start, end):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         loss, n = loss_bits(model, sample_batch(rng, train_seqs, cfg.batch_size, seq_len))
@@ -159,11 +162,11 @@ def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | Non
         opt.step()
         seen += n
         extra = ""
-        if valid_seqs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+        if valid_seqs and ((step + 1) % cfg.eval_every == 0 or step + 1 == end):
             curve.append((step + 1, validation_bpb(model, valid_seqs, seq_len)))
             extra = f" | valid {curve[-1][1]:.3f} bits/byte"
             save(step + 1)
         if extra or step % 10 == 0:
             _progress(step + 1, cfg, loss.item(), seen / (time.perf_counter() - t0), extra)
-    save(cfg.steps)
+    save(end)
     return curve
