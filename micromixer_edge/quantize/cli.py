@@ -34,7 +34,7 @@ def default_text() -> str | None:
 @click.option("--keep-float", multiple=True, type=click.Choice(["head", "hyper", "channel"]),
               help="MatMul groups to leave in float (repeatable).")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding table in float.")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="64", show_default=True,
               help="int4 block size.")
 @click.option("--text", "text_path", type=click.Path(),
               help="Text for the accuracy report [default: $MICROMIXER_DATA/valid.txt].")

@@ -33,7 +33,7 @@ class QuantOptions:
     float_parts: tuple[str, ...] = ()     # MatMul groups kept in float: "head", "hyper", "channel"
     embedding: bool = True                # int8 Gather of the embedding table (int8 modes)
     signed_weights: bool = True           # int8 weights as QInt8 (else QUInt8)
-    block_size: int = 32                  # int4 block size
+    block_size: int = 64                  # int4 block size (64 measured best on the 1m model)
     calibration_stories: int = 64         # static mode
 
 

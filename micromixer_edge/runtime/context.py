@@ -32,7 +32,7 @@ class Context:
     def _remember(self, row: int, tokens) -> None:
         if self.mode != "unbounded":
             h = self.history[row]
-            h.extend(int(t) for t in tokens)
+            h.extend(tokens)
             if len(h) > 2 * self.W:  # trim now and then, keeping the last W
                 del h[:-self.W]
 
@@ -52,7 +52,7 @@ class Context:
             pos = int(self.state.position[row])
             if self.mode == "window" and pos >= W:
                 out.append(self._refold([row], W - 1, [int(tokens[i])]))
-                self._remember(row, tokens[i:i + 1])
+                self._remember(row, tokens[i:i + 1].tolist())
                 i += 1
                 continue
             if self.mode == "halve" and pos >= W:
@@ -61,7 +61,7 @@ class Context:
             n = len(tokens) - i if self.mode == "unbounded" else min(len(tokens) - i, W - pos)
             logits, st = self.model.run(tokens[None, i:i + n], self.state.rows([row]))
             self.state.set_rows([row], st)
-            self._remember(row, tokens[i:i + n])
+            self._remember(row, tokens[i:i + n].tolist())
             out.append(logits[0])
             i += n
         return np.concatenate(out)
@@ -69,10 +69,10 @@ class Context:
     def feed(self, tokens) -> np.ndarray:
         """One new token per row, (B,) -> next-token logits (B, V); one call for the common case."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        full = self.state.position >= self.W if self.mode != "unbounded" else None
-        if full is None or not full.any():
+        if self.mode == "unbounded" or self._stepper.position.max() < self.W:
             logits = self._stepper.step(tokens).copy()
         else:
+            full = self._stepper.position >= self.W
             rows = np.flatnonzero(full).tolist()
             if self.mode == "halve":
                 self._refold(rows, self.W // 2)
@@ -84,6 +84,7 @@ class Context:
                 if len(rest):
                     logits[rest], st = self.model.step(tokens[rest], self.state.rows(rest))
                     self.state.set_rows(rest, st)
-        for r, t in enumerate(tokens):
-            self._remember(r, (t,))
+        if self.mode != "unbounded":
+            for row, token in enumerate(tokens.tolist()):
+                self._remember(row, (token,))
         return logits

@@ -129,6 +129,10 @@ class PlainStepper:
     def __init__(self, model: MixerModel, batch: int = 1):
         self._model, self.state = model, model.new_state(batch)
 
+    @property
+    def position(self) -> np.ndarray:
+        return self.state.position
+
     def step(self, tokens) -> np.ndarray:
         logits, new = self._model.step(tokens, self.state)
         self.state.sums, self.state.position = new.sums, new.position
@@ -166,6 +170,10 @@ class Stepper:
     @property
     def state(self) -> State:
         return State(self._sums[self._current], self._position)
+
+    @property
+    def position(self) -> np.ndarray:
+        return self._position
 
     def step(self, tokens) -> np.ndarray:
         """tokens (B,) -> next-token logits (B, V), a buffer overwritten by the next step."""

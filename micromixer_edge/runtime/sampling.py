@@ -42,6 +42,9 @@ class Sampler:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         banned = [PAD_ID, BOS_ID] + ([EOS_ID] if params.ignore_eos else [])
         self._banned = np.array(banned)
+        self._mask = np.zeros(vocab_size, np.float32)  # added to logits: -inf where banned
+        self._mask[self._banned] = -np.inf
+        self._plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
 
     def _penalize(self, logits: np.ndarray, recent) -> None:
         p = self.params
@@ -54,6 +57,8 @@ class Sampler:
     def sample(self, logits: np.ndarray, recent=()) -> int:
         """One byte from a (V,) logit row; `recent` are the row's latest tokens (for the penalty)."""
         p = self.params
+        if self._plain_greedy:  # the hot path of greedy decoding: one add, one argmax
+            return int(np.argmax(logits + self._mask))
         logits = logits.astype(np.float64)  # a private copy; float64 keeps softmax stable
         logits[self._banned] = -np.inf
         self._penalize(logits, recent)
