@@ -104,10 +104,11 @@ def build_report(float_path: str | os.PathLike, quant_path: str | os.PathLike, t
     bf, bq = nf / count / math.log(2), nq / count / math.log(2)
     same, prefix = _greedy_agreement(fm, qm, greedy_tokens)
     fb, qb = Path(float_path).stat().st_size, Path(quant_path).stat().st_size
+    float_rate, quant_rate = step_tokens_per_s([fm, qm])
     return QuantReport(
         float_model=str(float_path), quant_model=str(quant_path), quantization=qm.meta["quantization"],
         float_bytes=fb, quant_bytes=qb, size_ratio=qb / fb, text=str(text_path), stories=len(stories),
         tokens=count, float_bits_per_byte=bf, quant_bits_per_byte=bq, bits_per_byte_change=bq / bf - 1,
         mean_kl_nats=kl / count, top1_agreement=hits / count, greedy_prompts=len(GREEDY_PROMPTS),
         greedy_tokens=greedy_tokens, greedy_identical=same, greedy_prefix_agreement=prefix,
-        float_tokens_per_s=step_tokens_per_s(fm), quant_tokens_per_s=step_tokens_per_s(qm))
+        float_tokens_per_s=float_rate, quant_tokens_per_s=quant_rate)

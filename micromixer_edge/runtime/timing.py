@@ -1,4 +1,4 @@
-"""Small timing helpers shared by the report, the benchmark and the self-test."""
+"""Small timing helpers shared by the quantization report and the benchmark."""
 from __future__ import annotations
 
 import statistics
@@ -7,20 +7,24 @@ import time
 from .model import MixerModel
 
 
-def step_seconds(model: MixerModel, tokens: int = 256, repeats: int = 5, warmup: int = 32) -> list[float]:
-    """Seconds per single-token step (batch 1), one value per repeat of `tokens` steps."""
-    state = model.new_state()
-    for _ in range(warmup):
-        _, state = model.step([65], state)
-    out = []
+def _step_seconds(stepper, tokens: int) -> float:
+    t0 = time.perf_counter()
+    for t in range(tokens):
+        stepper.step((32 + t % 90,))
+    return (time.perf_counter() - t0) / tokens
+
+
+def step_tokens_per_s(models: list[MixerModel], tokens: int = 256, repeats: int = 7) -> list[float]:
+    """Single-token decode steps per second (batch 1, as mixer-run steps) of each model.
+
+    The models are timed in turns, repeat after repeat, so that a noisy machine slows them alike;
+    the median of the repeats is returned.
+    """
+    steppers = [m.stepper(1) for m in models]
+    for s in steppers:  # warm-up
+        _step_seconds(s, 32)
+    times = [[] for _ in models]
     for _ in range(repeats):
-        state = model.new_state()
-        t0 = time.perf_counter()
-        for t in range(tokens):
-            _, state = model.step([32 + t % 90], state)
-        out.append((time.perf_counter() - t0) / tokens)
-    return out
-
-
-def step_tokens_per_s(model: MixerModel, tokens: int = 256, repeats: int = 5) -> float:
-    return 1.0 / statistics.median(step_seconds(model, tokens, repeats))
+        for s, out in zip(steppers, times):
+            out.append(_step_seconds(s, tokens))
+    return [1.0 / statistics.median(t) for t in times]
