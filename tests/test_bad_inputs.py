@@ -9,9 +9,8 @@ import onnx
 import pytest
 import torch
 
-from conftest import DATA, GOLDEN
+from conftest import GOLDEN
 
-SCRIPTS = {"export": "micromixer_edge.export", "run": "micromixer_edge.runtime"}
 ENTRY = {  # command -> python -c code that runs its click entry point
     "export": "from micromixer_edge.export.cli import main; main()",
     "train": "from micromixer_edge.export.cli import train_main; train_main()",

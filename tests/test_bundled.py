@@ -1,6 +1,5 @@
 """The weights bundled with the package: offline `mixer-export --size 1m` writes a model that
 writes English; sizes without bundled weights say how to get some."""
-import json
 
 import pytest
 from click.testing import CliRunner

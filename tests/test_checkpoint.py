@@ -1,5 +1,4 @@
 """Checkpoint loading: both formats, size inference, and one clear line for every bad file."""
-import pickle
 
 import pytest
 import torch

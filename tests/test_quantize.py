@@ -7,7 +7,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from conftest import DATA, GOLDEN
+from conftest import DATA
 from micromixer_edge import format as fmt
 from micromixer_edge.quantize.cli import quantize_command
 from micromixer_edge.quantize.quantize import QuantOptions, quantize_file

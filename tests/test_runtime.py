@@ -58,19 +58,6 @@ def test_seeded_sampling_is_reproducible(export_file):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-def test_prefill_equals_steps(export_file):
-    model = load_model(export_file("300k_model"))
-    ids = golden_reference("300k")["prompt3"]
-    whole, s1 = model.prefill(ids)
-    state, rows = model.new_state(), []
-    for t in ids:
-        logits, state = model.step([t], state)
-        rows.append(logits[0])
-    np.testing.assert_allclose(np.stack(rows), whole[0], atol=ATOL, rtol=1e-5)
-    np.testing.assert_allclose(state.sums, s1.sums, atol=1e-4, rtol=1e-5)
-    assert state.position.tolist() == s1.position.tolist() == [len(ids)]
-
-
 @pytest.mark.parametrize("mode", fmt.CONTEXT_MODES)
 def test_context_modes_past_the_window(export_file, mode):
     """Below W every mode is the plain model; past W, window equals the golden long logits."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .._files import check_output_path
 from .checkpoint import load_checkpoint

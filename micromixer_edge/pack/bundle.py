@@ -19,7 +19,6 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from .. import format as fmt
 from .._files import OutputError
 from ..runtime.model import MixerModel
 
