@@ -5,7 +5,9 @@ import sys
 
 from click.testing import CliRunner
 
-from conftest import ROOT, golden_greedy
+import pytest
+
+from conftest import GOLDEN, ROOT, golden_greedy
 from micromixer_edge.runtime.cli import bench_command
 
 
@@ -29,7 +31,8 @@ def test_batch_example_runs(export_file):
 
 def test_bench_json_fields(export_file):
     path = str(export_file("brief_100k_model"))
-    result = CliRunner().invoke(bench_command, [path, "--repeats", "1", "--threads", "2", "--json"])
+    result = CliRunner().invoke(bench_command, [path, "--repeats", "1", "--threads", "2", "--json",
+                                                "--reference", str(GOLDEN / "brief_100k_model.pt")])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert {"machine", "onnxruntime", "cpus"} <= set(doc["environment"])
@@ -41,3 +44,7 @@ def test_bench_json_fields(export_file):
     stat = model["decode_tokens_per_s_1t"]
     assert stat["low"] <= stat["median"] <= stat["high"] and stat["median"] > 0
     assert 10 < model["peak_rss_mb"] < 1000
+    for name in ("reference", "reference_1t"):
+        ref = doc[f"{name}_tokens_per_s"]["median"]
+        assert ref > 0
+        assert model[f"speedup_vs_{name}"] == pytest.approx(stat["median"] / ref)

@@ -96,10 +96,13 @@ def runner_process(path: str, tokens: int, threads: int = 1) -> tuple[float, flo
     return wall, int(hwm[-1]) / 1024
 
 
-def reference_tokens_per_s(checkpoint: str, tokens: int = NEW_TOKENS) -> float:
-    """The original generate: logits of the whole last window for every new token (PyTorch)."""
+def reference_tokens_per_s(checkpoint: str, tokens: int = NEW_TOKENS, threads: int | None = None) -> float:
+    """The original generate: logits of the whole last window for every new token (PyTorch),
+    with torch's default thread count unless `threads` is given."""
     import torch
     from ..export.checkpoint import load_checkpoint
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
     model = load_checkpoint(checkpoint).model
     idx = torch.tensor([[BOS_ID, *PROMPT.encode()]])
     W = model.config.max_seq_len
@@ -109,7 +112,9 @@ def reference_tokens_per_s(checkpoint: str, tokens: int = NEW_TOKENS) -> float:
         for _ in range(tokens):
             logits = model(idx[:, -W:])[:, -1]
             idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
-    return tokens / (time.perf_counter() - t0)
+    rate = tokens / (time.perf_counter() - t0)
+    torch.set_num_threads(default_threads)
+    return rate
 
 
 def bench_model(path: str, threads: int, repeats: int) -> dict:
