@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..format import BOS_ID, EOS_ID, PAD_ID, SIZES
-from ..runtime.evaluate import read_stories
+from ..format import PAD_ID, SIZES
+from ..runtime.evaluate import encode_story, read_stories
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import MicroMixerV2
 
@@ -50,10 +50,6 @@ def init_weights(model: MicroMixerV2) -> None:
             torch.nn.init.zeros_(p)
         elif p.dim() >= 2:
             torch.nn.init.normal_(p, std=0.02)
-
-
-def encode(story: bytes) -> np.ndarray:
-    return np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), dtype=np.uint8).astype(np.int64)
 
 
 def sample_batch(rng: np.random.Generator, seqs: list[np.ndarray], batch: int, seq_len: int) -> torch.Tensor:
@@ -128,8 +124,8 @@ def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | Non
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seq_len = cfg.seq_len or SIZES[cfg.size].max_seq_len
-    train_seqs = [encode(s) for s in read_stories(train_path)]
-    valid_seqs = [encode(s) for s in read_stories(valid_path)[:cfg.eval_stories]] if valid_path else []
+    train_seqs = [encode_story(s) for s in read_stories(train_path)]
+    valid_seqs = [encode_story(s) for s in read_stories(valid_path)[:cfg.eval_stories]] if valid_path else []
     torch.manual_seed(cfg.seed)
     model, start, curve = MicroMixerV2(SIZES[cfg.size], cfg.dropout), 0, []
     init_weights(model)

@@ -12,6 +12,7 @@ import click
 from .._files import atomic_output, check_output_path
 from ..errors import run_cli
 from ..format import QUANT_SCHEMES
+from .quantize import MATMUL_GROUPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -31,7 +32,7 @@ def default_text() -> str | None:
                    "calibrated on --calibration; int4: 4-bit block-quantized weights (MatMulNBits).")
 @click.option("--calibration", type=click.Path(), help="Calibration text for --mode static.")
 @click.option("--per-channel", is_flag=True, help="One scale per output channel instead of per tensor.")
-@click.option("--keep-float", multiple=True, type=click.Choice(["head", "hyper", "channel"]),
+@click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
               help="MatMul groups to leave in float (repeatable).")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding table in float.")
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="64", show_default=True,

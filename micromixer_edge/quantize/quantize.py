@@ -26,11 +26,14 @@ from ..runtime.model import MixerModel
 from ..runtime.selftest import SELFTEST_KEY
 
 
+MATMUL_GROUPS = ("head", "hyper", "channel")  # what --keep-float can leave in float
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantOptions:
     mode: str = "dynamic"                 # a key of format.QUANT_SCHEMES
     per_channel: bool = False
-    float_parts: tuple[str, ...] = ()     # MatMul groups kept in float: "head", "hyper", "channel"
+    float_parts: tuple[str, ...] = ()     # MatMul groups (MATMUL_GROUPS) kept in float
     embedding: bool = True                # int8 Gather of the embedding table (int8 modes)
     signed_weights: bool = True           # int8 weights as QInt8 (else QUInt8)
     block_size: int = 64                  # int4 block size (64 measured best on the 1m model)
@@ -58,7 +61,7 @@ def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
 def matmul_groups(model: onnx.ModelProto, hyper_dim: int) -> dict[str, list[str]]:
     """MatMul node names by role, told apart by their weight shapes and outputs."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    groups: dict[str, list[str]] = {"head": [], "hyper": [], "channel": []}
+    groups: dict[str, list[str]] = {g: [] for g in MATMUL_GROUPS}
     for node in model.graph.node:
         if node.op_type != "MatMul":
             continue
@@ -114,7 +117,7 @@ def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibra
                         per_channel=options.per_channel, activation_type=QuantType.QInt8,
                         weight_type=wtype, nodes_to_exclude=exclude,
                         extra_options={"ActivationSymmetric": True})
-    elif options.mode == "int4":
+    else:  # int4 (quantize_file has checked the mode)
         # the embedding Gather too (GatherBlockQuantized), blocks along the hidden axis
         ops4 = ("MatMul", "Gather") if options.embedding else ("MatMul",)
         q = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=True,
@@ -122,8 +125,6 @@ def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibra
                                  quant_axes=(("MatMul", 0), ("Gather", 1)))
         q.process()
         onnx.save_model(q.model.model, dst)
-    else:
-        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
 
 
 @contextlib.contextmanager

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import BOS_ID, DEFAULT_CONTEXT_MODE, EOS_ID
+from ..format import DEFAULT_CONTEXT_MODE
 from ..runtime.context import Context
-from ..runtime.evaluate import log_softmax, read_stories
+from ..runtime.evaluate import encode_story, log_softmax, read_stories
 from ..runtime.model import MixerModel
+from ..runtime.selftest import greedy_ids
 from ..runtime.timing import step_tokens_per_s
 
 GREEDY_PROMPTS = ("Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named",
@@ -67,7 +68,7 @@ def _compare_on_text(fm, qm, stories):
     nf = nq = kl = 0.0
     hits = count = 0
     for story in stories:
-        ids = np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), np.uint8).astype(np.int64)
+        ids = encode_story(story)
         lf, lq = _story_logprobs(fm, ids), _story_logprobs(qm, ids)
         rows, targets = np.arange(len(ids) - 1), ids[1:]
         nf -= lf[rows, targets].sum()
@@ -78,19 +79,10 @@ def _compare_on_text(fm, qm, stories):
     return nf, nq, kl, hits, count
 
 
-def _greedy_ids(model: MixerModel, prompt: str, n: int) -> list[int]:
-    ctx = Context(model, 1, DEFAULT_CONTEXT_MODE)
-    logits, out = ctx.feed_sequence([BOS_ID, *prompt.encode()])[-1], []
-    for _ in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = ctx.feed(out[-1:])[0]
-    return out
-
-
 def _greedy_agreement(fm, qm, n: int) -> tuple[float, float]:
     same, prefix = 0, 0.0
     for prompt in GREEDY_PROMPTS:
-        a, b = _greedy_ids(fm, prompt, n), _greedy_ids(qm, prompt, n)
+        a, b = (greedy_ids(m, prompt, n, DEFAULT_CONTEXT_MODE) for m in (fm, qm))
         same += a == b
         prefix += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), n) / n
     return same / len(GREEDY_PROMPTS), prefix / len(GREEDY_PROMPTS)

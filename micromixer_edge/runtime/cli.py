@@ -165,6 +165,7 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
     """Benchmark exported models: load, decode, prefill, batch throughput, memory, cold start."""
     import dataclasses
     import json
+    import os
     import platform
 
     import onnxruntime
@@ -179,7 +180,7 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
             for name, ref in refs.items():
                 r[f"speedup_vs_{name}"] = r["decode_tokens_per_s_1t"].median / ref.median
     env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "cpus": __import__("os").cpu_count(), "onnxruntime": onnxruntime.__version__,
+           "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
            "python": platform.python_version(), "new_tokens": NEW_TOKENS}
     if as_json:
         plain = lambda v: dataclasses.asdict(v) if isinstance(v, Stat) else v  # noqa: E731

@@ -26,6 +26,11 @@ def read_stories(path: str | Path) -> list[bytes]:
     return stories
 
 
+def encode_story(story: bytes) -> np.ndarray:
+    """A story as the model was trained on it: [bos] + utf8 + [eos], int64."""
+    return np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), np.uint8).astype(np.int64)
+
+
 @dataclasses.dataclass
 class EvalResult:
     bits_per_byte: float  # mean -log2 p over every predicted token (each byte, and the eos)
@@ -45,7 +50,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def story_nats(model: MixerModel, story: bytes, mode: str) -> tuple[float, int]:
     """Total next-token loss (nats) of [bos] + story + [eos], and the count of predicted tokens."""
-    ids = np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), np.uint8).astype(np.int64)
+    ids = encode_story(story)
     logits = Context(model, 1, mode).feed_sequence(ids[:-1])  # (T-1, V)
     logp = log_softmax(logits)
     return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1

@@ -21,9 +21,9 @@ PROMPT = "Once upon a time"
 TOKENS = 64
 
 
-def greedy_ids(model: MixerModel, prompt: str, tokens: int) -> list[int]:
-    """Raw argmax continuation in window mode (the original's exact semantics)."""
-    ctx = Context(model, 1, "window")
+def greedy_ids(model: MixerModel, prompt: str, tokens: int, mode: str = "window") -> list[int]:
+    """Raw argmax continuation (pad/bos not banned); window mode is the original's semantics."""
+    ctx = Context(model, 1, mode)
     logits, out = ctx.feed_sequence([BOS_ID, *prompt.encode("utf-8")])[-1], []
     for _ in range(tokens):
         out.append(int(np.argmax(logits)))
