@@ -26,8 +26,8 @@ class RoPE(nn.Module):
         self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(dim // 2), persistent=False)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        # x (B, T, H), pos (B, T, 1) float
-        f = pos * (torch.cat([self.inv_freq, self.inv_freq]) * self.sign)  # (B, T, H), signed
+        # x (T, B, H), pos (T, B, 1) float
+        f = pos * (torch.cat([self.inv_freq, self.inv_freq]) * self.sign)  # (T, B, H), signed
         return x * torch.cos(f) + torch.index_select(x, -1, self.perm) * torch.sin(f)
 
 
@@ -40,10 +40,10 @@ class TokenMixer(nn.Module):
                                    nn.Linear(cfg.hyper_hidden_dim, 2 * cfg.hidden_dim))
 
     def forward(self, n, s0, count):
-        # n (B, T, H) normalized inputs, s0 (B, 1, H) sum of earlier positions, count (B, T, 1)
-        s = torch.cumsum(n, dim=1) + s0  # (B, T, H) running sums
-        w1, w2 = self.hyper(s / count).chunk(2, dim=-1)  # (B, T, H) each
-        return n * w1 + w2, s[:, -1:]
+        # n (T, B, H) normalized inputs, s0 (1, B, H) sum of earlier positions, count (T, B, 1)
+        s = torch.cumsum(n, dim=0) + s0  # (T, B, H) running sums
+        w1, w2 = self.hyper(s / count).chunk(2, dim=-1)  # (T, B, H) each
+        return n * w1 + w2, s[-1:]
 
 
 class ChannelMLP(nn.Module):
@@ -69,7 +69,7 @@ class MixerLayer(nn.Module):
         self.drop = nn.Dropout(dropout)  # training only; an identity in eval and in the export
 
     def forward(self, x, s0, count):
-        # x (B, T, H) -> (B, T, H), and this layer's new running sum (B, 1, H)
+        # x (T, B, H) -> (T, B, H), and this layer's new running sum (1, B, H)
         mixed, s = self.token_mixer(self.norm1(x), s0, count)
         x = x + self.drop(mixed)
         return x + self.drop(self.channel_mlp(self.norm2(x))), s
@@ -91,17 +91,18 @@ class MicroMixerV2(nn.Module):
 
         Returns logits (B, T, V) and the state with these T positions added (L, B, H).
         """
-        t = torch.arange(idx.shape[1], device=idx.device).unsqueeze(-1)  # (T, 1)
+        # Inside, sequence comes first: a layer's state slice (1, B, H) then broadcasts over T and
+        # the new sums concatenate straight into (L, B, H), with no transposes of the state.
+        t = torch.arange(idx.shape[1], device=idx.device).view(-1, 1, 1)  # (T, 1, 1)
         dtype = self.token_embedding.weight.dtype  # float32 when exported; float64 for drift checks
-        pos = (position.view(-1, 1, 1) + t).to(dtype)  # (B, T, 1) absolute positions
-        count = pos + 1.0  # (B, T, 1) tokens in each running mean
-        x = self.rope(self.token_embedding(idx), pos)  # (B, T, H)
-        state = state.transpose(0, 1)  # (B, L, H): one transpose, then a slice per layer
+        pos = (position.view(1, -1, 1) + t).to(dtype)  # (T, B, 1) absolute positions
+        count = pos + 1.0  # (T, B, 1) tokens in each running mean
+        x = self.rope(self.token_embedding(idx.t()), pos)  # (T, B, H)
         sums = []
         for i, layer in enumerate(self.mixer_layers):
-            x, s = layer(x, state[:, i:i + 1], count)
+            x, s = layer(x, state[i:i + 1], count)
             sums.append(s)
-        return self.lm_head(self.layer_norm(x)), torch.cat(sums, 1).transpose(0, 1)
+        return self.lm_head(self.layer_norm(x)).transpose(0, 1), torch.cat(sums, 0)
 
     def forward(self, idx):
         """The original model: logits for the last max_seq_len tokens, positions from 0."""

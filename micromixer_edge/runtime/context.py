@@ -66,6 +66,15 @@ class Context:
             i += n
         return np.concatenate(out)
 
+    def feed_one(self, token: int) -> np.ndarray:
+        """`feed` for a single row: (V,) logits in a buffer that the next call overwrites."""
+        if self.mode == "unbounded":
+            return self._stepper.step_one(token)
+        if self._stepper.position[0] >= self.W:
+            return self.feed((token,))[0]
+        self._remember(0, (token,))
+        return self._stepper.step_one(token)
+
     def feed(self, tokens) -> np.ndarray:
         """One new token per row, (B,) -> next-token logits (B, V); one call for the common case."""
         tokens = np.asarray(tokens, dtype=np.int64)

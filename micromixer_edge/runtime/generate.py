@@ -71,7 +71,7 @@ def stream(model: MixerModel, prompt: str | bytes, options: GenerateOptions = Ge
         if text.stopped:
             return
         if i + 1 < options.max_new_tokens:
-            logits = ctx.feed((token,))[0]
+            logits = ctx.feed_one(token)
         if len(recent) > 2 * options.sampling.repeat_last_n:
             del recent[:-options.sampling.repeat_last_n]
     stats.decode_s = time.perf_counter() - t0

@@ -44,6 +44,7 @@ class Sampler:
         self._banned = np.array(banned)
         self._mask = np.zeros(vocab_size, np.float32)  # added to logits: -inf where banned
         self._mask[self._banned] = -np.inf
+        self._allowed = (self._mask == 0).tolist()  # by id, for the greedy fast path
         self._plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
 
     def _penalize(self, logits: np.ndarray, recent) -> None:
@@ -57,8 +58,9 @@ class Sampler:
     def sample(self, logits: np.ndarray, recent=()) -> int:
         """One byte from a (V,) logit row; `recent` are the row's latest tokens (for the penalty)."""
         p = self.params
-        if self._plain_greedy:  # the hot path of greedy decoding: one add, one argmax
-            return int(np.argmax(logits + self._mask))
+        if self._plain_greedy:  # the hot path of greedy decoding: argmax, masked only if banned
+            best = int(logits.argmax())
+            return best if self._allowed[best] else int(np.argmax(logits + self._mask))
         logits = logits.astype(np.float64)  # a private copy; float64 keeps softmax stable
         logits[self._banned] = -np.inf
         self._penalize(logits, recent)
