@@ -25,6 +25,12 @@ def models(export_file, tmp_path_factory):
     return out
 
 
+# Dynamic int8 quantizes activations with a scale computed at run time: an upstream difference of
+# one float ulp (numpy's and onnxruntime's sin differ by 6e-8) can flip one uint8 rounding, which
+# moves the logits downstream by up to ~0.05 (measured 0.046). The other kinds stay within 1e-5.
+ATOL = {"none": 1e-4, "dynamic": 0.1, "static": 1e-4, "int4": 1e-4}
+
+
 @pytest.mark.parametrize("kind", ["none", *fmt.QUANT_SCHEMES])
 def test_numpy_backend_matches_onnxruntime(models, kind):
     a, b = load_model(models[kind], backend="onnxruntime"), load_model(models[kind], backend="numpy")
@@ -34,11 +40,11 @@ def test_numpy_backend_matches_onnxruntime(models, kind):
     state.sums[:] = np.random.default_rng(0).normal(scale=5, size=state.sums.shape)
     state.position[:] = [0, 300]
     (la, sa), (lb, sb) = a.prefill(ids, state), b.prefill(ids, state)
-    np.testing.assert_allclose(lb, la, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(sb.sums, sa.sums, atol=1e-4, rtol=1e-6)
+    np.testing.assert_allclose(lb, la, atol=ATOL[kind], rtol=0)
+    np.testing.assert_allclose(sb.sums, sa.sums, atol=ATOL[kind], rtol=1e-6)
     for token in (65, 32, 2):  # and single steps
         (la, sa), (lb, sb) = a.step([token, token], sa), b.step([token, token], sb)
-        np.testing.assert_allclose(lb, la, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(lb, la, atol=ATOL[kind], rtol=0)
 
 
 def test_runs_without_onnxruntime_or_torch(models):

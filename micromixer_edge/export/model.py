@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..format import MixerConfig
 
@@ -20,15 +21,19 @@ class RoPE(nn.Module):
         inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
         self.register_buffer("inv_freq", inv_freq)  # (H/2,), part of the published state_dict
         # r(x)[2j] = -x[2j+1], r(x)[2j+1] = x[2j]: a fixed permutation and sign, not in state_dict.
-        # sin is odd, so the sign folds into the frequencies: sign*sin(f) = sin(sign*f).
         perm = torch.arange(dim).view(-1, 2).flip(-1).reshape(-1)
         self.register_buffer("perm", perm, persistent=False)
         self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(dim // 2), persistent=False)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        # x (T, B, H), pos (T, B, 1) float
-        f = pos * (torch.cat([self.inv_freq, self.inv_freq]) * self.sign)  # (T, B, H), signed
-        return x * torch.cos(f) + torch.index_select(x, -1, self.perm) * torch.sin(f)
+    def forward(self, table: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # table (V, H) embedding, idx (T, B), pos (T, B, 1) float -> (T, B, H)
+        # r(E[idx]) = r(E)[idx]: rotating the table is a constant folded at export, where rotating
+        # the gathered rows is a last-axis gather on every call (slow in onnxruntime).
+        x = F.embedding(idx, table)  # (T, B, H)
+        xr = F.embedding(idx, table[:, self.perm] * self.sign)  # (T, B, H), r(x)
+        g = pos * self.inv_freq  # (T, B, H/2): both halves of the frequencies are equal, so
+        cos, sin = torch.cos(g), torch.sin(g)  # cos and sin at half width
+        return x * torch.cat([cos, cos], -1) + xr * torch.cat([sin, sin], -1)
 
 
 class TokenMixer(nn.Module):
@@ -97,7 +102,7 @@ class MicroMixerV2(nn.Module):
         dtype = self.token_embedding.weight.dtype  # float32 when exported; float64 for drift checks
         pos = (position.view(1, -1, 1) + t).to(dtype)  # (T, B, 1) absolute positions
         count = pos + 1.0  # (T, B, 1) tokens in each running mean
-        x = self.rope(self.token_embedding(idx.t()), pos)  # (T, B, H)
+        x = self.rope(self.token_embedding.weight, idx.t(), pos)  # (T, B, H)
         sums = []
         for i, layer in enumerate(self.mixer_layers):
             x, s = layer(x, state[i:i + 1], count)
