@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -24,11 +25,17 @@ def _read_stdin_prompt() -> str:
         raise click.UsageError(f"stdin is not valid UTF-8 (byte {e.start})") from None
 
 
-def _print_stream(pieces) -> None:
-    out = sys.stdout
+def _print_stream(pieces, interval: float = 0.05) -> None:
+    """Write text as it comes, flushing at most every `interval` seconds: a flush per byte would be
+    a system call per token (~0.7 us of a ~70 us step), and 20 updates a second look continuous."""
+    out, last = sys.stdout, time.monotonic()
     for piece in pieces:
         out.write(piece)
-        out.flush()
+        now = time.monotonic()
+        if now - last >= interval:
+            out.flush()
+            last = now
+    out.flush()
 
 
 def _stats_line(stats) -> str:

@@ -48,6 +48,9 @@ def session_options(threads: int = 1) -> "ort.SessionOptions":
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No arena: a prefill's activations go back to the system instead of staying in a grown arena
+    # (peak RSS -1.4 MB); a step measured no slower (61.8 vs 63.2 us).
+    opts.enable_cpu_mem_arena = False
     opts.log_severity_level = 3  # errors only: the runner's stderr is for the user
     return opts
 
