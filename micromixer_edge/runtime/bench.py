@@ -16,7 +16,9 @@ import numpy as np
 
 from ..format import BOS_ID
 from .context import Context
+from .generate import GenerateOptions, GenerationStats, generate
 from .model import MixerModel
+from .sampling import SamplingParams
 
 PROMPT = "Once upon a time"
 NEW_TOKENS = 240
@@ -43,13 +45,12 @@ def repeat(fn, repeats: int, warmup: int = 1) -> list[float]:
 
 
 def decode_tokens_per_s(model: MixerModel, tokens: int = NEW_TOKENS) -> float:
-    """Greedy single-stream decoding as mixer-run does it: context feed + argmax per byte."""
-    ctx = Context(model, 1)
-    logits = ctx.feed_sequence([BOS_ID, *PROMPT.encode()])[-1]
-    t0 = time.perf_counter()
-    for _ in range(tokens):
-        logits = ctx.feed((int(np.argmax(logits)),))[0]
-    return tokens / (time.perf_counter() - t0)
+    """Greedy single-stream decoding through mixer-run's own loop (`generate`, default context
+    mode, sampler, UTF-8 stream): new tokens over the time after the prompt's prefill."""
+    options = GenerateOptions(max_new_tokens=tokens, sampling=SamplingParams(temperature=0, ignore_eos=True))
+    stats = GenerationStats()
+    generate(model, PROMPT, options, stats)
+    return stats.tokens_per_s
 
 
 def prefill_ms(model: MixerModel) -> float:
