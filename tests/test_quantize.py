@@ -48,6 +48,20 @@ def test_quantized_file_keeps_the_contract(export_file, quantized, mode):
     assert logits.shape == (2, 3, 256) and state.sums.shape == (3, 2, 224)
 
 
+@pytest.mark.parametrize("part, kept", [("head", 1), ("hyper", 6), ("channel", 6)])
+def test_keep_float_leaves_that_group_in_float(export_file, tmp_path, part, kept):
+    """--keep-float PART: exactly that group's MatMuls stay float (3 layers x 2, or the one head)."""
+    out = tmp_path / "q.onnx"
+    quantize_file(export_file("brief_1m_model"), out, QuantOptions(float_parts=(part,)))
+    q = onnx.load(str(out))
+    float_mm = [n for n in q.graph.node if n.op_type == "MatMul"]
+    assert len(float_mm) == kept
+    weights = {t.name: tuple(t.dims) for t in q.graph.initializer}
+    shapes = {weights[n.input[1]] for n in float_mm}
+    assert shapes == {"head": {(224, 256)}, "hyper": {(224, 64), (64, 448)},
+                      "channel": {(224, 576), (576, 224)}}[part]
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_top1_agreement(export_file, quantized, mode):
     """On a trained checkpoint, int8 picks the same next byte as float at >= 95% of positions."""

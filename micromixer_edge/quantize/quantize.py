@@ -58,16 +58,25 @@ def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
     return model, meta
 
 
+def _head_matmul(model: onnx.ModelProto) -> str | None:
+    """The MatMul that makes the logits, found by walking back from the output over layout ops."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer.get(fmt.LOGITS)
+    while node is not None and node.op_type in ("Transpose", "Reshape", "Identity"):
+        node = producer.get(node.input[0])
+    return node.name if node is not None and node.op_type == "MatMul" else None
+
+
 def matmul_groups(model: onnx.ModelProto, hyper_dim: int) -> dict[str, list[str]]:
-    """MatMul node names by role, told apart by their weight shapes and outputs."""
+    """MatMul node names by role: the head makes the logits; hyper weights have the hyper width."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    head = _head_matmul(model)
     groups: dict[str, list[str]] = {g: [] for g in MATMUL_GROUPS}
     for node in model.graph.node:
         if node.op_type != "MatMul":
             continue
-        shape = shapes.get(node.input[1], ())
-        role = ("head" if fmt.LOGITS in node.output else
-                "hyper" if hyper_dim in shape else "channel")
+        role = ("head" if node.name == head else
+                "hyper" if hyper_dim in shapes.get(node.input[1], ()) else "channel")
         groups[role].append(node.name)
     return groups
 
