@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import BOS_ID
 from .context import Context
-from .generate import GenerateOptions, GenerationStats, generate
+from .generate import GenerateOptions, GenerationStats, encode_prompt, generate
 from .model import MixerModel
 from .sampling import SamplingParams
 
@@ -105,7 +104,7 @@ def reference_tokens_per_s(checkpoint: str, tokens: int = NEW_TOKENS, threads: i
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads)
     model = load_checkpoint(checkpoint).model
-    idx = torch.tensor([[BOS_ID, *PROMPT.encode()]])
+    idx = torch.tensor([encode_prompt(PROMPT)])  # the same [bos] + bytes as mixer-run
     W = model.config.max_seq_len
     with torch.no_grad():
         model(idx)  # warm-up
