@@ -27,10 +27,32 @@ SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)
 # --- quantization scheme names (value of metadata "quantization") ---------------------------
 QUANT_NONE = "none"
 QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
-    "dynamic": "int8-dynamic",
+    "int8": "int8-block32",            # MatMulNBits 8-bit, blocks of 32, int8 compute (default)
+    "weight-only": "int8-weight-only",  # standard ONNX; int8 weights made float at load
+    "dynamic": "int8-dynamic",          # standard ONNX; one activation scale per tensor
     "static": "int8-static-qdq",
     "int4": "int4-matmulnbits",
 }
+DEFAULT_QUANT_MODE = "int8"
+# Schemes whose activation quantization spans the whole tensor: a row's logits then depend on its
+# batch neighbours and on how its sequence was cut into calls (see docs/format.md).
+BATCH_DEPENDENT_SCHEMES = ("int8-dynamic",)
+# Which engines run each scheme (tested: onnxruntime and this package's numpy backend; the
+# others by the operators each scheme uses: com.microsoft ops run in onnxruntime alone).
+SCHEME_ENGINES = {
+    QUANT_NONE: "any ONNX engine",
+    "int8-block32": "onnxruntime, numpy backend (com.microsoft MatMulNBits)",
+    "int8-weight-only": "any ONNX engine (standard ops only)",
+    "int8-dynamic": "any ONNX engine (standard ops only)",
+    "int8-static-qdq": "any ONNX engine (standard ops only)",
+    "int4-matmulnbits": "onnxruntime, numpy backend (com.microsoft MatMulNBits)",
+}
+# The board a model is meant for -> the quantization mode that runs well there. onnxruntime's
+# 8-bit MatMulNBits kernels need the int8 dot-product instructions (x86: AVX2 and up; Arm: asimddp,
+# as on a Pi 5's Cortex-A76); a Pi 4's Cortex-A72 has none, and there the int8 block scheme falls
+# back to dequantizing every weight on every call (see docs/raspberry-pi.md).
+TARGETS = {"generic": "int8", "pi5": "int8", "pi4": "weight-only"}
+NEEDS_DOT_PRODUCT = ("int8-block32",)
 
 # --- context modes of the runner (what happens past max_seq_len) ----------------------------
 CONTEXT_MODES = ("halve", "window", "unbounded")

@@ -33,6 +33,14 @@ def read_metadata(proto: onnx.ModelProto) -> dict:
     return fmt.parse_metadata({p.key: p.value for p in proto.metadata_props})
 
 
+def strip_debug_info(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node metadata (stack traces with the builder's paths, FX names):
+    ~100 KB a file that no runner reads."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Check and write one self-contained file (no external-data side file)."""
     onnx.checker.check_model(proto, full_check=True)

@@ -46,7 +46,10 @@ class TokenMixer(nn.Module):
 
     def forward(self, n, s0, count):
         # n (T, B, H) normalized inputs, s0 (1, B, H) sum of earlier positions, count (T, B, 1)
-        s = torch.cumsum(n, dim=0) + s0  # (T, B, H) running sums
+        # (T, B, H) running sums, added in the order a token-by-token run adds them (s0 + n0, + n1,
+        # ...), so that any chunking of a sequence gives bit-identical sums, and so identical
+        # inputs to the int8 activation quantizers downstream.
+        s = torch.cumsum(torch.cat([s0, n], 0), dim=0)[1:]
         w1, w2 = self.hyper(s / count).chunk(2, dim=-1)  # (T, B, H) each
         return n * w1 + w2, s[-1:]
 

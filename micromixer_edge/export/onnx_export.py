@@ -16,7 +16,7 @@ import torch
 from .. import format as fmt
 from .._files import atomic_output
 from .model import MicroMixerV2
-from ..onnx_io import add_selftest, save_model, set_metadata
+from ..onnx_io import add_selftest, save_model, set_metadata, strip_debug_info
 from .validate import validate
 
 DEFAULT_OPSET = 20  # the first opset with Gelu as one op (LayerNormalization needs 17)
@@ -55,6 +55,7 @@ def to_onnx(model: MicroMixerV2, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT,
                                       output_size_limit=FOLD_LIMIT)
     proto = program.model_proto
+    strip_debug_info(proto)
     proto.producer_name = "micromixer-edge"
     return proto
 

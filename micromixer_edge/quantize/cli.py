@@ -11,7 +11,7 @@ import click
 
 from .._files import atomic_output, check_output_path
 from ..errors import run_cli
-from ..format import QUANT_SCHEMES
+from ..format import NEEDS_DOT_PRODUCT, QUANT_SCHEMES, TARGETS
 from .quantize import MATMUL_GROUPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -27,9 +27,15 @@ def default_text() -> str | None:
 @click.command(context_settings=CONTEXT)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Quantized .onnx to write.")
-@click.option("--mode", type=click.Choice(list(QUANT_SCHEMES)), default="dynamic", show_default=True,
-              help="dynamic: int8 weights, activations quantized at run time; static: int8 QDQ "
-                   "calibrated on --calibration; int4: 4-bit block-quantized weights (MatMulNBits).")
+@click.option("--mode", type=click.Choice(list(QUANT_SCHEMES)),
+              help="int8: int8 weights in blocks of 32, each activation row quantized per block at run "
+                   "time (onnxruntime MatMulNBits; batch- and chunk-invariant); weight-only: standard "
+                   "ONNX int8 weights made float at load; dynamic: standard ONNX, one activation scale "
+                   "per tensor (batch- and chunk-dependent); static: int8 QDQ calibrated on "
+                   "--calibration; int4: 4-bit blocks (MatMulNBits). [default: the --target's]")
+@click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
+              help="The board the model is for: generic and pi5 -> int8; pi4 (no int8 dot product) "
+                   "-> weight-only.")
 @click.option("--calibration", type=click.Path(), help="Calibration text for --mode static.")
 @click.option("--per-channel", is_flag=True, help="One scale per output channel instead of per tensor.")
 @click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
@@ -41,7 +47,7 @@ def default_text() -> str | None:
               help="Text for the accuracy report [default: $MICROMIXER_DATA/valid.txt].")
 @click.option("--limit", type=click.IntRange(min=1), help="Report on at most this many stories.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also save the report as JSON.")
-def quantize_command(model_path, output, mode, calibration, per_channel, keep_float, no_embedding,
+def quantize_command(model_path, output, mode, target, calibration, per_channel, keep_float, no_embedding,
                      block_size, text_path, limit, report_path):
     """Quantize a float MicroMixer export and measure what it cost."""
     from .quantize import QuantOptions, quantize_file
@@ -51,12 +57,19 @@ def quantize_command(model_path, output, mode, calibration, per_channel, keep_fl
         raise click.UsageError(f"--text {text_path}: no such file")
     if report_path:
         check_output_path(report_path, model_path)
+    mode = mode or TARGETS[target]
+    if target == "pi4" and QUANT_SCHEMES[mode] in NEEDS_DOT_PRODUCT:
+        click.echo(f"warning: a Pi 4 has no int8 dot product: onnxruntime runs {QUANT_SCHEMES[mode]} there "
+                   "on a slow fallback; --mode weight-only is the scheme for it", err=True)
     options = QuantOptions(mode=mode, per_channel=per_channel, float_parts=tuple(keep_float),
                            embedding=not no_embedding, block_size=int(block_size))
     meta = quantize_file(model_path, output, options, calibration)
     size = lambda p: Path(p).stat().st_size / 1e6  # noqa: E731
     click.echo(f"wrote {output}: {meta['quantization']}, {size(output):.2f} MB "
                f"({size(output) / size(model_path):.1%} of {size(model_path):.2f} MB)")
+    if meta["quantization"] in NEEDS_DOT_PRODUCT and target == "generic":
+        click.echo(f"note: {meta['quantization']} runs fast where the CPU has an int8 dot product (x86 "
+                   "AVX2 or later, Raspberry Pi 5); for a Raspberry Pi 4 use --target pi4", err=True)
     if not text_path:
         click.echo("no accuracy report: pass --text FILE (or set MICROMIXER_DATA)", err=True)
         return

@@ -1,4 +1,9 @@
-"""int8 (dynamic, calibrated static QDQ) and int4 (MatMulNBits) models via onnxruntime.quantization.
+"""int8 and int4 models via onnxruntime.quantization.
+
+The default (`int8`) is built to be faithful: onnxruntime's 8-bit MatMulNBits quantizes each
+activation row in blocks of 32 at run time, so a row's logits never depend on its batch neighbours
+or on how its sequence was cut into calls, and the embedding tables are int8 with one scale and
+zero point per row, made float once when a session loads the file (constant folding).
 
 The output keeps the contract exactly: same inputs, outputs and dynamic dims, the metadata copied
 with `quantization` set to the scheme's name, one self-contained file that passes onnx.checker.
@@ -17,11 +22,12 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                       quantize_static)
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnx import helper, numpy_helper
 
 from .. import format as fmt
 from .._files import atomic_output, check_output_path
 from ..runtime.evaluate import read_stories
-from ..onnx_io import add_selftest, read_metadata, save_model, set_metadata
+from ..onnx_io import add_selftest, read_metadata, save_model, set_metadata, strip_debug_info
 from ..runtime.model import MixerModel
 from ..runtime.selftest import SELFTEST_KEY
 
@@ -31,12 +37,13 @@ MATMUL_GROUPS = ("head", "hyper", "channel")  # what --keep-float can leave in f
 
 @dataclasses.dataclass(frozen=True)
 class QuantOptions:
-    mode: str = "dynamic"                 # a key of format.QUANT_SCHEMES
+    mode: str = fmt.DEFAULT_QUANT_MODE    # a key of format.QUANT_SCHEMES
     per_channel: bool = False
     float_parts: tuple[str, ...] = ()     # MatMul groups (MATMUL_GROUPS) kept in float
     embedding: bool = True                # int8 Gather of the embedding table (int8 modes)
     signed_weights: bool = True           # int8 weights as QInt8 (else QUInt8)
     block_size: int = 64                  # int4 block size (64 measured best on the 1m model)
+    int8_block_size: int = 32             # int8 mode: 32 measured best (64 and 128 pad K=64)
     calibration_stories: int = 64         # static mode
 
 
@@ -113,11 +120,95 @@ def _exclusions(model, meta, options: QuantOptions) -> list[str]:
     return names
 
 
+def _table_names(model: onnx.ModelProto) -> set[str]:
+    """2-D float initializers read by a Gather: the embedding tables (lookup and RoPE-rotated)."""
+    floats = {t.name for t in model.graph.initializer
+              if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
+    return {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in floats}
+
+
+def int8_constant(model: onnx.ModelProto, name: str, axis: int) -> None:
+    """Replace the float initializer `name` by uint8 codes, one scale and zero point per slice
+    along `axis`, and Cast -> Sub -> Mul nodes that rebuild it under the same name.
+
+    Every input of those nodes is constant, so onnxruntime (and the numpy backend) fold them into
+    a float tensor when the session loads: int8 on disk, float arithmetic at run time.
+    """
+    init = next(t for t in model.graph.initializer if t.name == name)
+    w = numpy_helper.to_array(init).astype(np.float32)
+    other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    lo, hi = np.minimum(w.min(other, keepdims=True), 0), np.maximum(w.max(other, keepdims=True), 0)
+    scale = np.where(hi > lo, (hi - lo) / 255, 1).astype(np.float32)
+    zero = np.clip(np.rint(-lo / scale), 0, 255).astype(np.float32)
+    codes = np.clip(np.rint(w / scale) + zero, 0, 255).astype(np.uint8)
+    model.graph.initializer.remove(init)
+    model.graph.initializer.extend([numpy_helper.from_array(codes, f"{name}_u8"),
+                                    numpy_helper.from_array(zero, f"{name}_zero"),
+                                    numpy_helper.from_array(scale, f"{name}_scale")])
+    nodes = [helper.make_node("Cast", [f"{name}_u8"], [f"{name}_f"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Sub", [f"{name}_f", f"{name}_zero"], [f"{name}_c"]),
+             helper.make_node("Mul", [f"{name}_c", f"{name}_scale"], [name])]
+    for i, node in enumerate(nodes):  # before every consumer: keep the graph topologically sorted
+        model.graph.node.insert(i, node)
+
+
+def fold_matmul_bias(model: onnx.ModelProto) -> None:
+    """MatMulNBits -> Add(bias) becomes one MatMulNBits with its bias input (no separate Add)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    for node in list(model.graph.node):
+        if node.op_type != "MatMulNBits" or len(consumers.get(node.output[0], ())) != 1:
+            continue
+        add = consumers[node.output[0]][0]
+        bias = next((i for i in add.input if i != node.output[0]), None)
+        n = next(a.i for a in node.attribute if a.name == "N")
+        if add.op_type != "Add" or bias not in inits or tuple(inits[bias].dims) != (n,):
+            continue
+        node.input.extend([""] * (5 - len(node.input)) + [bias])  # input 5 of MatMulNBits: bias
+        node.output[0] = add.output[0]
+        model.graph.node.remove(add)
+
+
+def _int8_block(model, meta, options: QuantOptions) -> onnx.ModelProto:
+    q = MatMulNBitsQuantizer(model, bits=8, block_size=options.int8_block_size, is_symmetric=True,
+                             accuracy_level=4, op_types_to_quantize=("MatMul",),
+                             nodes_to_exclude=_exclusions(model, meta, options), quant_axes=(("MatMul", 0),))
+    q.process()
+    out = q.model.model
+    fold_matmul_bias(out)
+    if options.embedding:
+        for name in _table_names(out):
+            int8_constant(out, name, axis=0)  # one scale and zero point per byte's row
+    return out
+
+
+def _weight_only(model, meta, options: QuantOptions) -> onnx.ModelProto:
+    """Standard ONNX: every MatMul weight int8 per output column, the tables per row."""
+    groups = matmul_groups(model, meta["hyper_hidden_dim"])
+    skip = {n for part in options.float_parts for n in groups[part]}
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.name not in skip
+               and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
+    for name in sorted(weights):
+        int8_constant(model, name, axis=1)
+    if options.embedding:
+        for name in _table_names(model):
+            int8_constant(model, name, axis=0)
+    return model
+
+
 def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibration) -> None:
     wtype = QuantType.QInt8 if options.signed_weights else QuantType.QUInt8
     exclude = _exclusions(model, meta, options)
     ops = ["MatMul"] + (["Gather"] if options.embedding else [])
-    if options.mode == "dynamic":
+    if options.mode == "int8":
+        onnx.save_model(_int8_block(model, meta, options), dst)
+    elif options.mode == "weight-only":
+        onnx.save_model(_weight_only(model, meta, options), dst)
+    elif options.mode == "dynamic":
         quantize_dynamic(src, dst, op_types_to_quantize=ops, per_channel=options.per_channel,
                          weight_type=wtype, nodes_to_exclude=exclude)
     elif options.mode == "static":
@@ -162,6 +253,7 @@ def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: Qu
         _quantize_to(os.fspath(src), os.path.join(tmp, "q.onnx"), model, meta, options,
                      calibration and os.fspath(calibration))
         qmodel = onnx.load(os.path.join(tmp, "q.onnx"))
+    strip_debug_info(qmodel)
     meta = {**meta, "quantization": fmt.QUANT_SCHEMES[options.mode],
             "quantization_options": dataclasses.asdict(options)}
     meta.pop(SELFTEST_KEY, None)  # the float model's vector does not hold for the quantized one

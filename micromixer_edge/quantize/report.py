@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import format as fmt
 from ..format import DEFAULT_CONTEXT_MODE
 from ..runtime.context import Context
 from ..runtime.evaluate import encode_story, log_softmax, read_stories
@@ -41,6 +42,8 @@ class QuantReport:
     greedy_prefix_agreement: float  # mean fraction of each continuation before the first divergence
     float_tokens_per_s: float
     quant_tokens_per_s: float
+    float_invariance: tuple[float, float]  # (batch, chunk) max abs logit difference, see invariance()
+    quant_invariance: tuple[float, float]
 
     def table(self) -> str:
         rows = [("file size", f"{self.float_bytes / 1e6:.2f} MB", f"{self.quant_bytes / 1e6:.2f} MB",
@@ -54,6 +57,9 @@ class QuantReport:
         lines += [f"mean KL divergence  {self.mean_kl_nats:.5f} nats/byte over {self.tokens:,} positions "
                   f"of {self.stories} stories ({Path(self.text).name})",
                   f"top-1 agreement     {self.top1_agreement:.2%}",
+                  f"invariance          max abs logit diff, a row in a batch vs alone: {self.quant_invariance[0]:.2g} "
+                  f"(float {self.float_invariance[0]:.2g}); one call vs chunks vs byte by byte: "
+                  f"{self.quant_invariance[1]:.2g} (float {self.float_invariance[1]:.2g})",
                   f"greedy agreement    {self.greedy_identical:.0%} of {self.greedy_prompts} prompts identical "
                   f"over {self.greedy_tokens} bytes; {self.greedy_prefix_agreement:.1%} agree before divergence"]
         return "\n".join(lines)
@@ -88,6 +94,22 @@ def _greedy_agreement(fm, qm, n: int) -> tuple[float, float]:
     return same / len(GREEDY_PROMPTS), prefix / len(GREEDY_PROMPTS)
 
 
+def invariance(model: MixerModel, prompts=GREEDY_PROMPTS, length: int = 40) -> tuple[float, float]:
+    """(batch, chunk): how far a row's logits move when it shares a call with other rows, and
+    when its sequence is fed in one call, in chunks of 1 to 7 bytes, or byte by byte."""
+    rows = np.array([[fmt.BOS_ID, *((p + " ") * length).encode()[:length - 1]] for p in prompts])
+    together, _ = model.prefill(rows)
+    batch = max(float(np.abs(together[i] - model.prefill(r)[0][0]).max()) for i, r in enumerate(rows))
+    chunk = 0.0
+    for size in (1, 3, 7):
+        state, parts = model.new_state(len(rows)), []
+        for i in range(0, length, size):
+            logits, state = model.run(rows[:, i:i + size], state)
+            parts.append(logits)
+        chunk = max(chunk, float(np.abs(np.concatenate(parts, 1) - together).max()))
+    return batch, chunk
+
+
 def build_report(float_path: str | os.PathLike, quant_path: str | os.PathLike, text_path: str | os.PathLike,
                  limit: int | None = None, greedy_tokens: int = 128) -> QuantReport:
     fm, qm = MixerModel(float_path), MixerModel(quant_path)
@@ -103,4 +125,5 @@ def build_report(float_path: str | os.PathLike, quant_path: str | os.PathLike, t
         tokens=count, float_bits_per_byte=bf, quant_bits_per_byte=bq, bits_per_byte_change=bq / bf - 1,
         mean_kl_nats=kl / count, top1_agreement=hits / count, greedy_prompts=len(GREEDY_PROMPTS),
         greedy_tokens=greedy_tokens, greedy_identical=same, greedy_prefix_agreement=prefix,
-        float_tokens_per_s=float_rate, quant_tokens_per_s=quant_rate)
+        float_tokens_per_s=float_rate, quant_tokens_per_s=quant_rate,
+        float_invariance=invariance(fm), quant_invariance=invariance(qm))

@@ -69,10 +69,14 @@ def _stats_line(stats) -> str:
 def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **kw):
     """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
     from .api import load_model, options_from
+    from .selftest import slow_path_note
     if selftest:
         from .selftest import run_selftest
-        result = run_selftest(load_model(model_path, threads, backend))
+        model = load_model(model_path, threads, backend)
+        result = run_selftest(model)
         click.echo(result.line())
+        if slow_path_note(model):
+            click.echo(slow_path_note(model))
         if not result.passed:
             raise SystemExit(1)
         return
@@ -82,6 +86,8 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **k
     if prompt is not None and not prompt:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
     model = load_model(model_path, threads, backend)
+    if slow_path_note(model):
+        click.echo(slow_path_note(model), err=True)
     if prompt is None:
         if not sys.stdin.isatty():
             raise click.UsageError("no prompt: give -p TEXT, or -p - to read stdin")

@@ -80,19 +80,48 @@ def _quantize(x, scale, zero_point=None, **_):
     return np.clip(np.rint(x / scale) + zp.astype(np.float32), info.min, info.max).astype(zp.dtype)
 
 
-def _matmul_nbits_weight(b, scales, zero_points=None, K=0, N=0, bits=4, block_size=32, **_):
-    """MatMulNBits' packed (N, blocks, blob) uint8 weight -> float (K, N)."""
-    if bits != 4:
+def _matmul_nbits_codes(b, scales, zero_points=None, K=0, N=0, bits=4, block_size=32, **_):
+    """MatMulNBits' packed (N, blocks, blob) uint8 weight -> signed codes (N, K) and scales
+    (N, blocks), zero points already subtracted."""
+    if bits not in (4, 8):
         raise ValueError(f"MatMulNBits with {bits} bits is not supported by the numpy backend")
-    q = np.stack([b & 0x0F, b >> 4], -1).reshape(N, -1)[:, :K].astype(np.float32)  # (N, K)
-    blocks = q.shape[1] // block_size if q.shape[1] % block_size == 0 else -(-K // block_size)
-    if zero_points is None:
-        zp = np.full((N, blocks), 8.0, np.float32)
+    blocks = -(-K // block_size)
+    if bits == 4:
+        q = np.stack([b & 0x0F, b >> 4], -1).reshape(N, -1)[:, :K].astype(np.float32)
+        zp = (np.full((N, blocks), 8.0, np.float32) if zero_points is None else
+              np.stack([zero_points & 0x0F, zero_points >> 4], -1).reshape(N, -1)[:, :blocks].astype(np.float32))
     else:
-        zp = np.stack([zero_points & 0x0F, zero_points >> 4], -1).reshape(N, -1)[:, :blocks].astype(np.float32)
-    s = scales.reshape(N, blocks)
-    w = (q - np.repeat(zp, block_size, 1)[:, :K]) * np.repeat(s, block_size, 1)[:, :K]
-    return np.ascontiguousarray(w.T)
+        q = b.reshape(N, -1)[:, :K].astype(np.float32)
+        zp = (np.full((N, blocks), 128.0, np.float32) if zero_points is None else
+              zero_points.reshape(N, blocks).astype(np.float32))
+    return q - np.repeat(zp, block_size, 1)[:, :K], scales.reshape(N, blocks).astype(np.float32)
+
+
+def _matmul_nbits_weight(*args, K=0, block_size=32, **attrs):
+    """MatMulNBits' packed weight -> float (K, N), for a plain MatMul."""
+    codes, scales = _matmul_nbits_codes(*args, K=K, block_size=block_size, **attrs)
+    return np.ascontiguousarray((codes * np.repeat(scales, block_size, 1)[:, :K]).T)
+
+
+def _matmul_int8_blocks(a, codes, scales, bias=None, block_size=32):
+    """MatMulNBits with accuracy_level 4 (onnxruntime's MLAS CompInt8): each row of `a` is
+    quantized to int8 per block of K with scale max|a|/127, round half to even; the int dot
+    products of a block are exact, then scaled by both scales and summed over the blocks.
+    a (..., K), codes (N, K) float holding integers, scales (N, blocks) -> (..., N)."""
+    n, k = codes.shape
+    blocks = scales.shape[1]
+    x = np.zeros((*a.shape[:-1], blocks * block_size), np.float32)
+    x[..., :k] = a
+    x = x.reshape(*a.shape[:-1], blocks, block_size)
+    amax = np.abs(x).max(-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    qa = np.rint(x * inv)  # (..., blocks, block)
+    qb = np.zeros((n, blocks * block_size), np.float32)
+    qb[:, :k] = codes
+    dots = np.einsum("...kb,nkb->...nk", qa, qb.reshape(n, blocks, block_size))  # exact integers
+    a_scale = (amax[..., 0] / np.float32(127)).astype(np.float32)  # (..., blocks)
+    y = (dots * a_scale[..., None, :] * scales).sum(-1, dtype=np.float32)
+    return y if bias is None else (y + bias).astype(np.float32)
 
 
 def _gather_block_weight(data, scales, zero_points=None, quantize_axis=1, block_size=32, **_):
@@ -133,10 +162,12 @@ OPS = {
         b.astype(np.int32) - (b_zp.astype(np.int32) if b_zp is not None else 0)),
     "DequantizeLinear": _dequantize,
     "QuantizeLinear": _quantize,
+    "MatMulInt8Blocks": _matmul_int8_blocks,  # MatMulNBits, 8 bits, accuracy_level 4 (see below)
+    "MatMulBias": lambda a, w, bias=None: np.matmul(a, w) if bias is None else np.matmul(a, w) + bias,
 }
 # block-quantized weights: dequantized once at load, then a plain MatMul / Gather
 DEQUANTIZE_AT_LOAD = {
-    "MatMulNBits": (1, _matmul_nbits_weight, "MatMul", lambda attrs: {}),
+    "MatMulNBits": (1, _matmul_nbits_weight, "MatMulBias", lambda attrs: {}),
     "GatherBlockQuantized": (0, _gather_block_weight, "Gather", lambda a: {"axis": a.get("gather_axis", 0)}),
 }
 
@@ -171,7 +202,8 @@ class NumpySession:
                 self._nodes.append((fn, node))
 
     def _dequantize_weights(self, node: dict) -> dict:
-        """MatMulNBits(a, w, scales, zp) -> MatMul(a, float w); likewise GatherBlockQuantized."""
+        """MatMulNBits(a, w, scales, zp, _, bias) -> MatMul(a, float w) + bias, or for 8 bits at
+        accuracy_level 4 the int8 block arithmetic of onnxruntime; likewise GatherBlockQuantized."""
         if node["op"] not in DEQUANTIZE_AT_LOAD:
             return node
         weight_at, dequantize, op, attrs = DEQUANTIZE_AT_LOAD[node["op"]]
@@ -180,9 +212,18 @@ class NumpySession:
         if not all(i in self._consts for i in consts):
             raise ValueError(f"{node['op']} with non-constant weights is not supported by the numpy backend")
         name = ins[weight_at] + "/dequantized"
-        extra = [self._consts[i] if i else None for i in ins[2:]]
-        self._consts[name] = dequantize(self._consts[ins[weight_at]], *extra, **node["attrs"])
+        extra = [self._consts[i] if i else None for i in ins[2:4]]
         other = ins[1 - weight_at]
+        if node["op"] == "MatMulNBits":
+            bias = ins[5] if len(ins) > 5 else ""
+            if node["attrs"].get("bits") == 8 and node["attrs"].get("accuracy_level") == 4:
+                codes, scales = _matmul_nbits_codes(self._consts[ins[1]], *extra, **node["attrs"])
+                self._consts[name], self._consts[name + "/scales"] = codes, scales
+                return {**node, "op": "MatMulInt8Blocks", "inputs": [other, name, name + "/scales", bias],
+                        "attrs": {"block_size": node["attrs"]["block_size"]}, "domain": ""}
+            self._consts[name] = dequantize(self._consts[ins[1]], *extra, **node["attrs"])
+            return {**node, "op": op, "inputs": [other, name, bias], "attrs": {}, "domain": ""}
+        self._consts[name] = dequantize(self._consts[ins[weight_at]], *extra, **node["attrs"])
         new_inputs = [other, name] if weight_at == 1 else [name, other]
         return {**node, "op": op, "inputs": new_inputs, "attrs": attrs(node["attrs"]), "domain": ""}
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..format import BOS_ID
+from ..format import BOS_ID, NEEDS_DOT_PRODUCT
 from .context import Context
 from .model import MixerModel, ort
 
@@ -36,17 +36,32 @@ def make_vector(model: MixerModel, prompt: str = PROMPT, tokens: int = TOKENS) -
             "machine": platform.machine(), "backend": backend_version(model)}
 
 
-def cpu_name() -> str:
+def _cpuinfo() -> dict[str, str]:
     try:
         with open("/proc/cpuinfo") as f:
             info = dict(line.split(":", 1) for line in f if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        for key in ("Model", "model name", "Hardware"):
-            if key in info:
-                return info[key]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return {k.strip(): v.strip() for k, v in info.items()}
+
+
+def cpu_name() -> str:
+    info = _cpuinfo()
+    return next((info[k] for k in ("Model", "model name", "Hardware") if k in info),
+                platform.processor() or platform.machine())
+
+
+def slow_path_note(model: MixerModel) -> str | None:
+    """On an Arm CPU without the int8 dot product (a Pi 4's Cortex-A72), onnxruntime has no 8-bit
+    MatMulNBits kernel and dequantizes every weight on every call: say so, and what to use."""
+    scheme = model.meta["quantization"]
+    if scheme not in NEEDS_DOT_PRODUCT or model.backend != "onnxruntime":
+        return None
+    if platform.machine() not in ("aarch64", "arm64") or "asimddp" in _cpuinfo().get("Features", "").split():
+        return None
+    return (f"note: this CPU has no int8 dot product (e.g. Raspberry Pi 4), so onnxruntime runs "
+            f"{scheme} on a slow fallback; for this board quantize with: mixer-quantize MODEL.onnx "
+            "--target pi4 (int8-weight-only)")
 
 
 @dataclasses.dataclass
