@@ -42,3 +42,18 @@ def export_file(tmp_path_factory):
             cache[name] = out
         return cache[name]
     return make
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory):
+    """kind -> the bundled 1m weights exported ("float"), and quantized by each int8 mode."""
+    pytest.importorskip("torch")
+    from micromixer_edge.export.api import export_checkpoint
+    from micromixer_edge.quantize.quantize import QuantOptions, quantize_file
+    d = tmp_path_factory.mktemp("bundled")
+    out = {"float": d / "float.onnx"}
+    export_checkpoint(size="1m", output=out["float"], log=lambda *a, **k: None)
+    for mode in ("int8", "weight-only", "dynamic"):
+        out[mode] = d / f"{mode}.onnx"
+        quantize_file(out["float"], out[mode], QuantOptions(mode=mode))
+    return out
