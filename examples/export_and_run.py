@@ -5,7 +5,8 @@
 import argparse
 
 from micromixer_edge.export.api import export_checkpoint
-from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.generate import generate
 
 parser = argparse.ArgumentParser()
@@ -14,5 +15,5 @@ parser.add_argument("--out", default="micromixer-example.onnx")
 args = parser.parse_args()
 
 export_checkpoint(size=None if args.checkpoint else "1m", checkpoint=args.checkpoint, output=args.out)
-model = load_model(args.out, threads=1)
-print(generate(model, "Once upon a time", options_from(max_new_tokens=200, temperature=0.8, seed=1)))
+model = MixerModel(args.out, threads=1)
+print(generate(model, "Once upon a time", GenerateOptions.of(max_new_tokens=200, temperature=0.8, seed=1)))

@@ -27,9 +27,9 @@ SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)
 # --- quantization scheme names (value of metadata "quantization") ---------------------------
 QUANT_NONE = "none"
 QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
-    "int8": "int8-block32",            # MatMulNBits 8-bit, blocks of 32, int8 compute (default)
-    "weight-only": "int8-weight-only",  # standard ONNX; int8 weights made float at load
-    "dynamic": "int8-dynamic",          # standard ONNX; one activation scale per tensor
+    "int8": "int8-weight-only",     # default: standard ONNX, int8 weights made float at load
+    "int8-block": "int8-block32",   # MatMulNBits 8-bit blocks of 32, int8 compute
+    "dynamic": "int8-dynamic",      # standard ONNX; one activation scale per tensor
     "static": "int8-static-qdq",
     "int4": "int4-matmulnbits",
 }
@@ -47,12 +47,18 @@ SCHEME_ENGINES = {
     "int8-static-qdq": "any ONNX engine (standard ops only)",
     "int4-matmulnbits": "onnxruntime, numpy backend (com.microsoft MatMulNBits)",
 }
-# The board a model is meant for -> the quantization mode that runs well there. onnxruntime's
-# 8-bit MatMulNBits kernels need the int8 dot-product instructions (x86: AVX2 and up; Arm: asimddp,
-# as on a Pi 5's Cortex-A76); a Pi 4's Cortex-A72 has none, and there the int8 block scheme falls
-# back to dequantizing every weight on every call (see docs/raspberry-pi.md).
-TARGETS = {"generic": "int8", "pi5": "int8", "pi4": "weight-only"}
+# The board a model is meant for -> its quantization mode. The default (int8) computes in float:
+# the same bytes as the build machine on any CPU. int8-block computes in int8 where the CPU has
+# the int8 dot product (x86 AVX2 and up; Arm asimddp, as on a Pi 5's Cortex-A76), and rounds its
+# activations differently on each CPU's kernel; a Pi 4's Cortex-A72 has no such kernel, and there
+# it falls back to dequantizing every weight on every call (see docs/raspberry-pi.md).
+TARGETS = {"generic": "int8", "pi4": "int8", "pi5": "int8-block"}
 NEEDS_DOT_PRODUCT = ("int8-block32",)
+
+# --- state snapshots (mixer-run --save-state / --load-state; docs/format.md) -----------------
+SNAPSHOT_MAGIC = b"MIXSTATE"         # 8 bytes, then the version as uint16 little-endian
+SNAPSHOT_VERSION = 1                 # what writers write
+READABLE_SNAPSHOT_VERSIONS = range(1, 2)
 
 # --- context modes of the runner (what happens past max_seq_len) ----------------------------
 CONTEXT_MODES = ("halve", "window", "unbounded")

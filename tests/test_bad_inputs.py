@@ -17,7 +17,7 @@ ENTRY = {  # command -> python -c code that runs its click entry point
     "run": "from micromixer_edge.runtime.cli import main; main()",
     "eval": "from micromixer_edge.runtime.cli import eval_main; eval_main()",
     "quantize": "from micromixer_edge.quantize.cli import main; main()",
-    "bench": "from micromixer_edge.runtime.cli import bench_main; bench_main()",
+    "bench": "from micromixer_edge.bench.cli import main; main()",
 }
 
 

@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from conftest import DATA
 from micromixer_edge.export.cli import export_command
-from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.evaluate import bits_per_byte, read_stories
 from micromixer_edge.runtime.generate import generate
 
@@ -21,7 +22,7 @@ def default_export(tmp_path_factory):
 
 
 def test_default_model_writes_english(default_export):
-    text = generate(load_model(default_export), "Once upon a time", options_from(max_new_tokens=60, temperature=0))
+    text = generate(MixerModel(default_export), "Once upon a time", GenerateOptions.of(max_new_tokens=60, temperature=0))
     words = text.split()
     assert {"there", "was", "a", "little"} <= set(words), text
 
@@ -29,7 +30,7 @@ def test_default_model_writes_english(default_export):
 def test_default_model_bits_per_byte(default_export):
     """Held-out stories: the trained weights are far below the 8 bits/byte of a uniform guess."""
     stories = read_stories(DATA / "valid.txt")[:200]
-    assert bits_per_byte(load_model(default_export), stories, "halve").bits_per_byte < 2.7
+    assert bits_per_byte(MixerModel(default_export), stories, "halve").bits_per_byte < 2.7
 
 
 def test_card_matches_the_weights():

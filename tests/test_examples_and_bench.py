@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import pytest
 
 from conftest import GOLDEN, ROOT, golden_greedy
-from micromixer_edge.runtime.cli import bench_command
+from micromixer_edge.bench.cli import bench_command
 
 
 def test_custom_loop_example_matches_the_runner(export_file):

@@ -11,19 +11,20 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import DATA
 from micromixer_edge import format as fmt
-from micromixer_edge.quantize.report import _compare_on_text, invariance
-from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.quantize.report import compare_on_text, invariance
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.evaluate import read_stories
 from micromixer_edge.runtime.generate import generate, generate_batch
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-INVARIANT = ("float", "int8", "weight-only")  # dynamic is batch- and chunk-dependent by design
+INVARIANT = ("float", "int8", "int8-block")  # dynamic is batch- and chunk-dependent by design
 EXACT = 1e-4
 
 
 @pytest.fixture(scope="module")
 def models(bundled):
-    return {kind: load_model(bundled[kind]) for kind in INVARIANT}
+    return {kind: MixerModel(bundled[kind]) for kind in INVARIANT}
 
 
 @pytest.mark.parametrize("kind", INVARIANT)
@@ -70,7 +71,7 @@ PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a gir
 
 @pytest.mark.parametrize("kind", INVARIANT)
 def test_generate_batch_equals_generate(models, kind):
-    options = options_from(max_new_tokens=150, temperature=0)
+    options = GenerateOptions.of(max_new_tokens=150, temperature=0)
     batch = generate_batch(models[kind], PROMPTS, options)
     assert batch == [generate(models[kind], p, options) for p in PROMPTS]
 
@@ -79,21 +80,21 @@ def test_the_report_sees_what_dynamic_does(models, bundled):
     """The report's invariance line: zero for the invariant schemes, clearly not for dynamic."""
     for kind in INVARIANT:
         assert invariance(models[kind]) == (0.0, 0.0), kind
-    batch, chunk = invariance(load_model(bundled["dynamic"]))
+    batch, chunk = invariance(MixerModel(bundled["dynamic"]))
     assert batch > 0.01 and chunk > 0.01
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["int8", "weight-only"])
+@pytest.mark.parametrize("kind", ["int8", "int8-block"])
 def test_near_lossless_on_all_held_out_stories(models, kind):
-    nf, nq, kl, hits, count = _compare_on_text(models["float"], models[kind], read_stories(DATA / "valid.txt"))
+    nf, nq, kl, hits, count = compare_on_text(models["float"], models[kind], read_stories(DATA / "valid.txt"))
     change = nq / nf - 1
     print(f"{kind}: bits/byte {nf / count / math.log(2):.4f} -> {nq / count / math.log(2):.4f} "
           f"({change:+.2%}), KL {kl / count:.5f}, top-1 {hits / count:.2%} over {count} positions")
     assert change <= 0.002 and kl / count <= 0.002 and hits / count >= 0.98
 
 
-@pytest.mark.parametrize("kind", ["int8", "weight-only"])
+@pytest.mark.parametrize("kind", ["int8", "int8-block"])
 def test_small_with_every_table_quantized(bundled, kind):
     assert bundled[kind].stat().st_size <= 0.30 * bundled["float"].stat().st_size
     q = onnx.load(str(bundled[kind]))

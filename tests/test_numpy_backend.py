@@ -11,7 +11,8 @@ import pytest
 from conftest import DATA, ROOT
 from micromixer_edge import format as fmt
 from micromixer_edge.quantize.quantize import QuantOptions, quantize_file
-from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.generate import generate
 
 
@@ -26,17 +27,17 @@ def models(export_file, tmp_path_factory):
     return out
 
 
-# dynamic, int8 and static quantize activations (static even the logits): an upstream difference
+# dynamic, int8-block and static quantize activations (static even the logits): an upstream difference
 # of one float ulp (numpy's and onnxruntime's sin differ by 6e-8) can flip one rounding, which moves
-# the logits downstream (measured up to 0.046 for dynamic, 0.098 for int8, one logit quantum of
-# 0.086 for static; the numpy backend's int8 block arithmetic alone matches onnxruntime's to 7e-7,
+# the logits downstream (measured up to 0.046 for dynamic, 0.098 for int8-block, one logit quantum of
+# 0.086 for static; the numpy backend's int8-block arithmetic alone matches onnxruntime's to 7e-7,
 # tested below). The other kinds stay within 1e-5.
-ATOL = {"none": 1e-4, "int8": 0.25, "weight-only": 1e-4, "dynamic": 0.1, "static": 0.25, "int4": 1e-4}
+ATOL = {"none": 1e-4, "int8": 1e-4, "int8-block": 0.25, "dynamic": 0.1, "static": 0.25, "int4": 1e-4}
 
 
 @pytest.mark.parametrize("kind", ["none", *fmt.QUANT_SCHEMES])
 def test_numpy_backend_matches_onnxruntime(models, kind):
-    a, b = load_model(models[kind], backend="onnxruntime"), load_model(models[kind], backend="numpy")
+    a, b = MixerModel(models[kind], backend="onnxruntime"), MixerModel(models[kind], backend="numpy")
     assert (a.backend, b.backend) == ("onnxruntime", "numpy")
     ids = np.array([[1, *b"Once upon a time, there"], [1, *b"The little dog ran fast"]])
     state = a.new_state(2)
@@ -66,8 +67,8 @@ def test_runs_without_onnxruntime_or_torch(models):
 
 
 def test_same_greedy_text(models):
-    options = options_from(max_new_tokens=80, temperature=0)
-    texts = {b: generate(load_model(models["none"], backend=b), "Lily and Ben", options)
+    options = GenerateOptions.of(max_new_tokens=80, temperature=0)
+    texts = {b: generate(MixerModel(models["none"], backend=b), "Lily and Ben", options)
              for b in ("onnxruntime", "numpy")}
     assert texts["onnxruntime"] == texts["numpy"]
 

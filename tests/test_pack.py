@@ -30,3 +30,15 @@ def test_refuses_existing_output_and_non_models(export_file, tmp_path):
     result = CliRunner().invoke(pack_command, [str(tmp_path / "x.onnx"), "-o", str(tmp_path / "b")])
     assert result.exit_code != 0 and "not a loadable ONNX model" in str(result.exception)
     assert not (tmp_path / "b").exists()
+
+
+def test_pi4_target_warns_about_the_dot_product_scheme(bundled, tmp_path):
+    """An int8-block32 model packed for a Pi 4 gets a warning naming --target pi4; the Pi 4 scheme
+    (int8, weight-only) packs silently."""
+    runner = CliRunner()
+    warned = runner.invoke(pack_command, [str(bundled["int8-block"]), "-o", str(tmp_path / "a"), "--no-deps",
+                                          "--target", "pi4"])
+    assert warned.exit_code == 0 and "--target pi4" in warned.stderr and "slow fallback" in warned.stderr
+    quiet = runner.invoke(pack_command, [str(bundled["int8"]), "-o", str(tmp_path / "b"), "--no-deps",
+                                         "--target", "pi4"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ATOL, GOLDEN
 from micromixer_edge.export.checkpoint import load_checkpoint
-from micromixer_edge.runtime.api import load_model
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.context import Context
 from micromixer_edge.runtime.sampling import Sampler, SamplingParams
 
@@ -16,7 +16,7 @@ tokens = st.lists(st.integers(0, 255), min_size=1, max_size=60)
 
 @pytest.fixture(scope="module")
 def model(export_file):
-    return load_model(export_file("100k_model"))
+    return MixerModel(export_file("100k_model"))
 
 
 @SETTINGS
@@ -69,7 +69,7 @@ def test_long_stream_drift_against_float64(export_file):
     """100,000 tokens in unbounded mode: the float32 graph stays within 1e-3 (relative to the
     largest logit) of the same model computed in float64."""
     n = 100_000
-    onnx_model = load_model(export_file("brief_1m_model"))
+    onnx_model = MixerModel(export_file("brief_1m_model"))
     ids = np.random.default_rng(0).integers(32, 127, n)
     ctx = Context(onnx_model, 1, "unbounded")
     for t in ids[:-5]:

@@ -11,7 +11,7 @@ from conftest import DATA
 from micromixer_edge import format as fmt
 from micromixer_edge.quantize.cli import quantize_command
 from micromixer_edge.quantize.quantize import QuantOptions, quantize_file
-from micromixer_edge.runtime.api import load_model
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.evaluate import bits_per_byte, read_stories
 
 MODES = list(fmt.QUANT_SCHEMES)
@@ -43,7 +43,7 @@ def test_quantized_file_keeps_the_contract(export_file, quantized, mode):
     assert {k: meta[k] for k in fmt.REQUIRED_KEYS if k != "quantization"} == \
            {k: meta_src[k] for k in fmt.REQUIRED_KEYS if k != "quantization"}
     # and it runs through the runtime, batch 2, seq 3
-    model = load_model(quantized[mode])
+    model = MixerModel(quantized[mode])
     logits, state = model.prefill(np.array([[1, 72, 105], [1, 84, 104]]))
     assert logits.shape == (2, 3, 256) and state.sums.shape == (3, 2, 224)
 
@@ -65,7 +65,7 @@ def test_keep_float_leaves_that_group_in_float(export_file, tmp_path, part, kept
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_top1_agreement(export_file, quantized, mode):
     """On a trained checkpoint, int8 picks the same next byte as float at >= 95% of positions."""
-    fm, qm = load_model(export_file("brief_1m_model")), load_model(quantized[mode])
+    fm, qm = MixerModel(export_file("brief_1m_model")), MixerModel(quantized[mode])
     stories = read_stories(DATA / "valid.txt")[:40]
     hits = total = 0
     for story in stories:
@@ -87,7 +87,7 @@ def test_cli_report_is_consistent(export_file, tmp_path):
     assert math.isclose(report["size_ratio"], report["quant_bytes"] / report["float_bytes"])
     stories = read_stories(DATA / "valid.txt")[:30]
     for key, path in (("float_bits_per_byte", src), ("quant_bits_per_byte", out)):
-        direct = bits_per_byte(load_model(path), stories, fmt.DEFAULT_CONTEXT_MODE).bits_per_byte
+        direct = bits_per_byte(MixerModel(path), stories, fmt.DEFAULT_CONTEXT_MODE).bits_per_byte
         assert math.isclose(report[key], direct, rel_tol=1e-9)
     assert 0 <= report["mean_kl_nats"] < 0.05 and 0.95 <= report["top1_agreement"] <= 1
     assert report["tokens"] == sum(len(s) + 1 for s in stories)

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import ATOL, ROOT, golden_greedy, golden_reference
 from micromixer_edge import format as fmt
-from micromixer_edge.runtime.api import load_model, options_from
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.context import Context
 from micromixer_edge.runtime.generate import GenerationStats, generate, generate_batch
 from micromixer_edge.runtime.textstream import TextStream
@@ -23,11 +24,11 @@ GREEDY_WINDOW = dict(temperature=0, ignore_eos=True, context="window")
 @pytest.mark.parametrize("size", ["100k", "1m"])
 def test_brief_greedy_matches_original(export_file, size):
     """Trained weights, original generate(temperature=0); the 100k run crosses the 64-token window."""
-    model = load_model(export_file(f"brief_{size}_model"))
+    model = MixerModel(export_file(f"brief_{size}_model"))
     golden = golden_greedy(size)
     for c in golden["continuations"]:
         stats = GenerationStats()
-        text = generate(model, c["prompt"], options_from(max_new_tokens=golden["max_new_tokens"],
+        text = generate(model, c["prompt"], GenerateOptions.of(max_new_tokens=golden["max_new_tokens"],
                                                           **GREEDY_WINDOW), stats)
         assert stats.ids == c["new_ids"]
         assert text == c["new_text"]
@@ -38,7 +39,7 @@ def test_brief_greedy_matches_original(export_file, size):
 @pytest.mark.parametrize("size", ["100k", "1m"])
 def test_random_weight_greedy_matches_original(export_file, size):
     """Random weights emit special ids, which the sampler bans: drive the context with raw argmax."""
-    model = load_model(export_file(f"{size}_model"))
+    model = MixerModel(export_file(f"{size}_model"))
     ref = golden_reference(size)
     for i in range(4):
         prompt, want = ref[f"prompt{i}"], ref[f"greedy{i}"]
@@ -52,8 +53,8 @@ def test_random_weight_greedy_matches_original(export_file, size):
 
 
 def test_seeded_sampling_is_reproducible(export_file):
-    model = load_model(export_file("brief_1m_model"))
-    runs = [generate(model, "The", options_from(max_new_tokens=60, seed=seed, temperature=1.0))
+    model = MixerModel(export_file("brief_1m_model"))
+    runs = [generate(model, "The", GenerateOptions.of(max_new_tokens=60, seed=seed, temperature=1.0))
             for seed in (7, 7, 8)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
@@ -61,7 +62,7 @@ def test_seeded_sampling_is_reproducible(export_file):
 @pytest.mark.parametrize("mode", fmt.CONTEXT_MODES)
 def test_context_modes_past_the_window(export_file, mode):
     """Below W every mode is the plain model; past W, window equals the golden long logits."""
-    model = load_model(export_file("100k_model"))
+    model = MixerModel(export_file("100k_model"))
     ref = golden_reference("100k")
     W = model.max_seq_len
     ctx = Context(model, 1, mode)
@@ -75,7 +76,7 @@ def test_context_modes_past_the_window(export_file, mode):
 
 
 def test_feed_matches_feed_sequence_in_every_mode(export_file):
-    model = load_model(export_file("100k_model"))
+    model = MixerModel(export_file("100k_model"))
     ids = golden_reference("100k")["long_ids"]
     for mode in fmt.CONTEXT_MODES:
         a, b = Context(model, 1, mode), Context(model, 1, mode)
@@ -85,9 +86,9 @@ def test_feed_matches_feed_sequence_in_every_mode(export_file):
 
 
 def test_batch_rows_equal_single_runs(export_file):
-    model = load_model(export_file("brief_100k_model"))
+    model = MixerModel(export_file("brief_100k_model"))
     prompts = ["Once upon a time", "The cat", "Hello, my name is Tom and"]
-    options = options_from(max_new_tokens=90, temperature=0, ignore_eos=True)
+    options = GenerateOptions.of(max_new_tokens=90, temperature=0, ignore_eos=True)
     assert generate_batch(model, prompts, options) == [generate(model, p, options) for p in prompts]
 
 
@@ -126,11 +127,11 @@ def test_refuses_files_without_metadata_or_unknown_version(export_file, tmp_path
     src = export_file("100k_model")
     _retag(src, tmp_path / "plain.onnx", None)
     with pytest.raises(fmt.FormatError, match="not a MicroMixer export"):
-        load_model(tmp_path / "plain.onnx")
+        MixerModel(tmp_path / "plain.onnx")
     meta = json.loads(onnx.load(str(src)).metadata_props[0].value)
     _retag(src, tmp_path / "v99.onnx", {**meta, "format_version": 99})
     with pytest.raises(fmt.FormatError, match="format_version 99 is not supported"):
-        load_model(tmp_path / "v99.onnx")
+        MixerModel(tmp_path / "v99.onnx")
 
 
 def test_runs_without_torch(export_file, tmp_path):

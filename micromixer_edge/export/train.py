@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..format import PAD_ID, SIZES
-from ..runtime.evaluate import encode_story, read_stories
+from ..codec import encode_story, read_stories
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import MicroMixerV2
 

@@ -6,6 +6,7 @@ import onnxruntime as ort
 import torch
 
 from .. import format as fmt
+from ..codec import encode_prompt
 from .model import MicroMixerV2
 
 PROMPTS = (b"Once upon a time, there was a little girl named Lily. She loved to play",
@@ -13,7 +14,7 @@ PROMPTS = (b"Once upon a time, there was a little girl named Lily. She loved to 
 
 
 def _ids(text: bytes) -> np.ndarray:
-    return np.frombuffer(bytes([fmt.BOS_ID]) + text, dtype=np.uint8).astype(np.int64)
+    return np.array(encode_prompt(text), np.int64)
 
 
 def _torch_logits(model: MicroMixerV2, ids: np.ndarray) -> np.ndarray:

@@ -74,6 +74,11 @@ def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict) -> 
             (root / name).chmod(0o755)
 
 
+def model_scheme(model_path: str | os.PathLike) -> str:
+    """The quantization scheme of a model file (refuses anything that is not a MicroMixer export)."""
+    return MixerModel(model_path).meta["quantization"]
+
+
 def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_deps: bool = True) -> Path:
     """Write the bundle as a directory, or as a .tar.gz when `output` ends so; atomically."""
     model = MixerModel(model_path)  # refuses anything that is not a MicroMixer export

@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..errors import run_cli
+from ..format import NEEDS_DOT_PRODUCT, TARGETS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,9 +15,19 @@ from ..errors import run_cli
               help="Bundle to write: a directory, or a file ending in .tar.gz.")
 @click.option("--no-deps", is_flag=True,
               help="Leave out the aarch64 wheels of numpy/onnxruntime/click (the board then fetches them).")
-def pack_command(model_path, output, no_deps):
+@click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
+              help="The board: pi4 warns about schemes that need the int8 dot product it lacks.")
+def pack_command(model_path, output, no_deps, target):
     """Bundle a model with the runtime for a Raspberry Pi (64-bit OS): copy, install, self-test."""
-    from .bundle import make_bundle
+    from .bundle import make_bundle, model_scheme
+    scheme = model_scheme(model_path)
+    if target == "pi4" and scheme in NEEDS_DOT_PRODUCT:
+        click.echo(f"warning: {scheme} runs on onnxruntime's slow fallback on a Pi 4 (no int8 dot "
+                   "product); for this board quantize the float export with: mixer-quantize FLOAT.onnx "
+                   "-o MODEL.onnx --target pi4", err=True)
+    elif scheme in NEEDS_DOT_PRODUCT:
+        click.echo(f"note: {scheme} needs the int8 dot product (Pi 5); for a Pi 4 pack a model made "
+                   "with mixer-quantize --target pi4", err=True)
     out = make_bundle(model_path, output, with_deps=not no_deps)
     click.echo(f"wrote {out}: copy it to the board, then run ./install.sh there")
 

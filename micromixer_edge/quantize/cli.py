@@ -28,14 +28,15 @@ def default_text() -> str | None:
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Quantized .onnx to write.")
 @click.option("--mode", type=click.Choice(list(QUANT_SCHEMES)),
-              help="int8: int8 weights in blocks of 32, each activation row quantized per block at run "
-                   "time (onnxruntime MatMulNBits; batch- and chunk-invariant); weight-only: standard "
-                   "ONNX int8 weights made float at load; dynamic: standard ONNX, one activation scale "
-                   "per tensor (batch- and chunk-dependent); static: int8 QDQ calibrated on "
-                   "--calibration; int4: 4-bit blocks (MatMulNBits). [default: the --target's]")
+              help="int8: standard ONNX int8 weights computed in float (the same bytes on any batch, "
+                   "chunking or CPU); int8-block: int8 weights in blocks of 32 and activations "
+                   "quantized per row and block at run time (onnxruntime MatMulNBits; batch- and "
+                   "chunk-invariant, needs the int8 dot product); dynamic: standard ONNX, one "
+                   "activation scale per tensor (batch- and chunk-dependent); static: int8 QDQ "
+                   "calibrated on --calibration; int4: 4-bit blocks (MatMulNBits). [default: the --target's]")
 @click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
-              help="The board the model is for: generic and pi5 -> int8; pi4 (no int8 dot product) "
-                   "-> weight-only.")
+              help="The board the model is for: generic and pi4 -> int8; pi5 (int8 dot product) "
+                   "-> int8-block.")
 @click.option("--calibration", type=click.Path(), help="Calibration text for --mode static.")
 @click.option("--per-channel", is_flag=True, help="One scale per output channel instead of per tensor.")
 @click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
@@ -60,7 +61,7 @@ def quantize_command(model_path, output, mode, target, calibration, per_channel,
     mode = mode or TARGETS[target]
     if target == "pi4" and QUANT_SCHEMES[mode] in NEEDS_DOT_PRODUCT:
         click.echo(f"warning: a Pi 4 has no int8 dot product: onnxruntime runs {QUANT_SCHEMES[mode]} there "
-                   "on a slow fallback; --mode weight-only is the scheme for it", err=True)
+                   "on a slow fallback; --mode int8 is the scheme for it", err=True)
     options = QuantOptions(mode=mode, per_channel=per_channel, float_parts=tuple(keep_float),
                            embedding=not no_embedding, block_size=int(block_size))
     meta = quantize_file(model_path, output, options, calibration)
@@ -69,7 +70,8 @@ def quantize_command(model_path, output, mode, target, calibration, per_channel,
                f"({size(output) / size(model_path):.1%} of {size(model_path):.2f} MB)")
     if meta["quantization"] in NEEDS_DOT_PRODUCT and target == "generic":
         click.echo(f"note: {meta['quantization']} runs fast where the CPU has an int8 dot product (x86 "
-                   "AVX2 or later, Raspberry Pi 5); for a Raspberry Pi 4 use --target pi4", err=True)
+                   "AVX2 or later, Raspberry Pi 5), and its bytes differ between CPUs; for a "
+                   "Raspberry Pi 4 use --target pi4", err=True)
     if not text_path:
         click.echo("no accuracy report: pass --text FILE (or set MICROMIXER_DATA)", err=True)
         return

@@ -1,9 +1,11 @@
 """int8 and int4 models via onnxruntime.quantization.
 
-The default (`int8`) is built to be faithful: onnxruntime's 8-bit MatMulNBits quantizes each
-activation row in blocks of 32 at run time, so a row's logits never depend on its batch neighbours
-or on how its sequence was cut into calls, and the embedding tables are int8 with one scale and
-zero point per row, made float once when a session loads the file (constant folding).
+The default (`int8`) is built to be faithful: int8 weights (per output column; the embedding
+tables per row) that a session turns into float once, when it loads the file (constant folding),
+so the arithmetic is the float export's: a row's bytes never depend on its batch neighbours, on
+how its sequence was cut into calls, or on the CPU. `int8-block` computes in int8 (onnxruntime's
+8-bit MatMulNBits quantizes each activation row in blocks of 32 at run time): invariant on one
+machine, but each CPU's kernel rounds differently.
 
 The output keeps the contract exactly: same inputs, outputs and dynamic dims, the metadata copied
 with `quantization` set to the scheme's name, one self-contained file that passes onnx.checker.
@@ -26,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from .. import format as fmt
 from .._files import atomic_output, check_output_path
-from ..runtime.evaluate import read_stories
+from ..codec import encode_prompt, read_stories
 from ..onnx_io import add_selftest, read_metadata, save_model, set_metadata, strip_debug_info
 from ..runtime.model import MixerModel
 from ..runtime.selftest import SELFTEST_KEY
@@ -96,7 +98,7 @@ class StoryReader(CalibrationDataReader):
         rng = np.random.default_rng(seed)
         self._feeds = []
         for story in read_stories(text_path)[:stories]:
-            ids = np.frombuffer(bytes([fmt.BOS_ID]) + story[:model.max_seq_len - 1], np.uint8).astype(np.int64)
+            ids = np.array(encode_prompt(story[:model.max_seq_len - 1]), np.int64)
             state, pos = model.new_state(), 0
             while pos < len(ids):  # a prefill chunk, then single-token steps, alternating
                 n = int(rng.integers(1, 24)) if rng.random() < 0.5 else 1
@@ -204,9 +206,9 @@ def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibra
     wtype = QuantType.QInt8 if options.signed_weights else QuantType.QUInt8
     exclude = _exclusions(model, meta, options)
     ops = ["MatMul"] + (["Gather"] if options.embedding else [])
-    if options.mode == "int8":
+    if options.mode == "int8-block":
         onnx.save_model(_int8_block(model, meta, options), dst)
-    elif options.mode == "weight-only":
+    elif options.mode == "int8":
         onnx.save_model(_weight_only(model, meta, options), dst)
     elif options.mode == "dynamic":
         quantize_dynamic(src, dst, op_types_to_quantize=ops, per_channel=options.per_channel,

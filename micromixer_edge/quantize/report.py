@@ -11,7 +11,8 @@ import numpy as np
 from .. import format as fmt
 from ..format import DEFAULT_CONTEXT_MODE
 from ..runtime.context import Context
-from ..runtime.evaluate import encode_story, log_softmax, read_stories
+from ..codec import encode_story, read_stories
+from ..runtime.evaluate import log_softmax
 from ..runtime.model import MixerModel
 from ..runtime.selftest import greedy_ids
 from ..runtime.timing import step_tokens_per_s
@@ -69,7 +70,7 @@ def _story_logprobs(model: MixerModel, ids: np.ndarray) -> np.ndarray:
     return log_softmax(Context(model, 1, DEFAULT_CONTEXT_MODE).feed_sequence(ids[:-1]))
 
 
-def _compare_on_text(fm, qm, stories):
+def compare_on_text(fm, qm, stories):
     """Teacher-forced comparison over the stories: (nats_f, nats_q, kl sum, top1 hits, count)."""
     nf = nq = kl = 0.0
     hits = count = 0
@@ -114,7 +115,7 @@ def build_report(float_path: str | os.PathLike, quant_path: str | os.PathLike, t
                  limit: int | None = None, greedy_tokens: int = 128) -> QuantReport:
     fm, qm = MixerModel(float_path), MixerModel(quant_path)
     stories = read_stories(text_path)[:limit]
-    nf, nq, kl, hits, count = _compare_on_text(fm, qm, stories)
+    nf, nq, kl, hits, count = compare_on_text(fm, qm, stories)
     bf, bq = nf / count / math.log(2), nq / count / math.log(2)
     same, prefix = _greedy_agreement(fm, qm, greedy_tokens)
     fb, qb = Path(float_path).stat().st_size, Path(quant_path).stat().st_size

@@ -63,16 +63,21 @@ def _stats_line(stats) -> str:
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
 @click.option("--stats", is_flag=True, help="Print prefill time and tokens/s to stderr.")
 @BACKEND_OPT
+@click.option("--save-state", type=click.Path(dir_okay=False),
+              help="After generating, write the row's state here (resume it with --load-state).")
+@click.option("--load-state", type=click.Path(dir_okay=False),
+              help="Go on from a --save-state file (of this model); -p then adds text to it.")
 @click.option("--selftest", is_flag=True,
               help="Check this device against the greedy bytes stored in the file at export; "
                    "prints PASS/FAIL, tokens/s, CPU and onnxruntime version.")
-def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **kw):
+def run_command(model_path, prompt, threads, echo, stats, backend, selftest, save_state, load_state, **kw):
     """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
-    from .api import load_model, options_from
+    from .engine import GenerateOptions
+    from .model import MixerModel
     from .selftest import slow_path_note
     if selftest:
         from .selftest import run_selftest
-        model = load_model(model_path, threads, backend)
+        model = MixerModel(model_path, threads, backend)
         result = run_selftest(model)
         click.echo(result.line())
         if slow_path_note(model):
@@ -82,12 +87,18 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **k
         return
     if prompt == "-":
         prompt = _read_stdin_prompt()
-    options = options_from(**kw)  # validates before the (slower) model load
-    if prompt is not None and not prompt:
+    options = GenerateOptions.of(**kw)  # validates before the (slower) model load
+    if prompt is not None and not prompt and not load_state:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
-    model = load_model(model_path, threads, backend)
+    if save_state:
+        from .._files import check_output_path
+        check_output_path(save_state, model_path)
+    state = Path(load_state).read_bytes() if load_state else None
+    model = MixerModel(model_path, threads, backend)
     if slow_path_note(model):
         click.echo(slow_path_note(model), err=True)
+    if state is not None or save_state:
+        return _generate_once(model, prompt or "", options, echo, stats, state, save_state)
     if prompt is None:
         if not sys.stdin.isatty():
             raise click.UsageError("no prompt: give -p TEXT, or -p - to read stdin")
@@ -95,14 +106,23 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, **k
     _generate_once(model, prompt, options, echo, stats)
 
 
-def _generate_once(model, prompt, options, echo, show_stats):
-    from .generate import GenerationStats, stream
+def _generate_once(model, prompt, options, echo, show_stats, state=None, save_state=None):
+    """One prompt (or a resumed state, plus the prompt's bytes); optionally save the state after."""
+    from .engine import Engine, GenerationStats
     if echo:
         sys.stdout.write(prompt)
-    st = GenerationStats()
-    _print_stream(stream(model, prompt, options, st))
+    st, engine = GenerationStats(), Engine(model)
+    if state is not None:
+        row = engine.restore(state, options, list(prompt.encode("utf-8")), st)
+    else:
+        row = engine.add(prompt, options, st)
+    _print_stream(piece for _, piece in engine.run())
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if save_state:
+        from .._files import atomic_output
+        with atomic_output(save_state) as tmp:
+            Path(tmp).write_bytes(engine.snapshot(row))
     if show_stats:
         click.echo(_stats_line(st), err=True)
 
@@ -143,9 +163,10 @@ def _interactive(model, options, show_stats):
 @BACKEND_OPT
 def eval_command(model_path, text_path, contexts, min_bytes, limit, threads, backend):
     """Bits per byte (and tokens/s) of a model on a text."""
-    from .api import load_model
-    from .evaluate import bits_per_byte, read_stories
-    model = load_model(model_path, threads, backend)
+    from .model import MixerModel
+    from ..codec import read_stories
+    from .evaluate import bits_per_byte
+    model = MixerModel(model_path, threads, backend)
     stories = [s for s in read_stories(text_path) if len(s) >= min_bytes][:limit]
     if not stories:
         raise click.UsageError(f"{text_path}: no story of at least {min_bytes} bytes")
@@ -162,56 +183,3 @@ def main():
 
 def eval_main():
     sys.exit(run_cli(eval_command))
-
-
-@click.command(context_settings=CONTEXT)
-@click.argument("model_paths", metavar="MODEL.onnx [MORE.onnx ...]", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False))
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint of the same weights: also time the original PyTorch generate "
-                   "(recompute the last window per token) and print each speed-up. Needs torch.")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Thread count measured besides 1.")
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-def bench_command(model_paths, reference, threads, repeats, as_json):
-    """Benchmark exported models: load, decode, prefill, batch throughput, memory, cold start."""
-    import dataclasses
-    import json
-    import os
-    import platform
-
-    import onnxruntime
-
-    from .bench import NEW_TOKENS, Stat, bench_model, reference_tokens_per_s
-    results = [bench_model(p, threads, repeats) for p in model_paths]
-    refs = {}
-    if reference:  # as a user runs the original (torch's default threads), and at 1 thread
-        for name, th in (("reference", None), ("reference_1t", 1)):
-            refs[name] = Stat.of([reference_tokens_per_s(reference, threads=th) for _ in range(max(1, repeats // 2))])
-        for r in results:
-            for name, ref in refs.items():
-                r[f"speedup_vs_{name}"] = r["decode_tokens_per_s_1t"].median / ref.median
-    env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-           "python": platform.python_version(), "new_tokens": NEW_TOKENS}
-    if as_json:
-        plain = lambda v: dataclasses.asdict(v) if isinstance(v, Stat) else v  # noqa: E731
-        doc = {"environment": env, **{f"{k}_tokens_per_s": plain(v) for k, v in refs.items()},
-               "models": [{k: plain(v) for k, v in r.items()} for r in results]}
-        click.echo(json.dumps(doc, indent=2))
-        return
-    click.echo(" | ".join(f"{k}: {v}" for k, v in env.items()))
-    for name, ref in refs.items():
-        threads_used = "1 torch thread" if name.endswith("1t") else "torch's default threads"
-        click.echo(f"{name}: original PyTorch generate on {reference}, {threads_used}: {ref} tokens/s")
-    keys = [k for k in results[0] if k != "model"]
-    click.echo(f"{'':<26}" + "".join(f"{Path(r['model']).name:>34}" for r in results))
-    for k in keys:
-        cells = [f"{v:,.2f}" if isinstance(v, float) else str(v) for v in (r.get(k) for r in results)]
-        click.echo(f"{k:<26}" + "".join(f"{c:>34}" for c in cells))
-    click.echo("median [min-max] over repeats; tokens/s are bytes/s")
-
-
-def bench_main():
-    sys.exit(run_cli(bench_command))

@@ -4,31 +4,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..format import BOS_ID, EOS_ID
+from ..codec import encode_story, read_stories  # noqa: F401 (re-exported)
 from .context import Context
 from .model import MixerModel
-
-
-def read_stories(path: str | Path) -> list[bytes]:
-    """Stories of a UTF-8 text file, separated by blank lines."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a text file")
-    data = path.read_bytes().replace(b"\r\n", b"\n")
-    stories = [s.strip() for s in data.split(b"\n\n")]
-    stories = [s for s in stories if s]
-    if not stories:
-        raise ValueError(f"{path}: no text found (stories are separated by blank lines)")
-    return stories
-
-
-def encode_story(story: bytes) -> np.ndarray:
-    """A story as the model was trained on it: [bos] + utf8 + [eos], int64."""
-    return np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), np.uint8).astype(np.int64)
 
 
 @dataclasses.dataclass

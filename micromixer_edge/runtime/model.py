@@ -102,6 +102,14 @@ class MixerModel:
         self._outputs = list(fmt.OUTPUT_NAMES)
 
     @property
+    def sha256(self) -> str:
+        """The model file's sha256 (snapshots name the model they belong to by it)."""
+        if getattr(self, "_sha256", None) is None:
+            from .snapshot import file_sha256
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
+
+    @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
@@ -127,6 +135,24 @@ class MixerModel:
         """One token per row: tokens (B,) -> logits (B, V)."""
         logits, state = self.run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
         return logits[:, 0], state
+
+    # --- the one-line API (llama-cpp-python's create_completion shape) ------------------------
+    def generate(self, prompt: str | bytes, max_new_tokens: int = 256, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stop: str | tuple[str, ...] = (),
+                 context: str = fmt.DEFAULT_CONTEXT_MODE, stream: bool = False, **sampling):
+        """The continuation of `prompt` as text; with stream=True, an iterator of text pieces."""
+        from .generate import GenerateOptions, generate, stream as pieces
+        options = GenerateOptions.of(max_new_tokens, seed, stop, context, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, **sampling)
+        return pieces(self, prompt, options) if stream else generate(self, prompt, options)
+
+    def generate_batch(self, prompts: list[str | bytes], max_new_tokens: int = 256, seed: int | None = None,
+                       stop: str | tuple[str, ...] = (), context: str = fmt.DEFAULT_CONTEXT_MODE,
+                       **sampling) -> list[str]:
+        """One text per prompt, all rows stepping together; row i equals generate(prompts[i], ...)."""
+        from .generate import GenerateOptions, generate_batch
+        return generate_batch(self, prompts, GenerateOptions.of(max_new_tokens, seed, stop, context, **sampling))
 
     def stepper(self, batch: int = 1) -> "Stepper | PlainStepper":
         """A stateful single-token decoder (IO binding where onnxruntime runs the file)."""

@@ -8,9 +8,10 @@ import time
 
 import numpy as np
 
-from ..format import BOS_ID, NEEDS_DOT_PRODUCT
-from .context import Context
+from ..format import NEEDS_DOT_PRODUCT
+from .engine import Engine, GenerateOptions
 from .model import MixerModel, ort
+from .sampling import SamplingParams
 
 
 def backend_version(model: MixerModel) -> str:
@@ -22,13 +23,15 @@ TOKENS = 64
 
 
 def greedy_ids(model: MixerModel, prompt: str, tokens: int, mode: str = "window") -> list[int]:
-    """Raw argmax continuation (pad/bos not banned); window mode is the original's semantics."""
-    ctx = Context(model, 1, mode)
-    logits, out = ctx.feed_sequence([BOS_ID, *prompt.encode("utf-8")])[-1], []
-    for _ in range(tokens):
-        out.append(int(np.argmax(logits)))
-        logits = ctx.feed(out[-1:])[0]
-    return out
+    """The greedy continuation's ids (eos does not stop it), through the engine; window mode is
+    the original's semantics."""
+    options = GenerateOptions(max_new_tokens=tokens, sampling=SamplingParams(temperature=0, ignore_eos=True),
+                              context=mode)
+    engine = Engine(model)
+    row = engine.add(prompt, options)
+    for _ in engine.run():
+        pass
+    return row.stats.ids
 
 
 def make_vector(model: MixerModel, prompt: str = PROMPT, tokens: int = TOKENS) -> dict:
@@ -61,7 +64,7 @@ def slow_path_note(model: MixerModel) -> str | None:
         return None
     return (f"note: this CPU has no int8 dot product (e.g. Raspberry Pi 4), so onnxruntime runs "
             f"{scheme} on a slow fallback; for this board quantize with: mixer-quantize MODEL.onnx "
-            "--target pi4 (int8-weight-only)")
+            "--target pi4 (int8-weight-only, float arithmetic)")
 
 
 @dataclasses.dataclass

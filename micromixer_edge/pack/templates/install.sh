@@ -8,7 +8,10 @@ if [ "$(uname -m)" = "armv7l" ]; then
   echo "32-bit Raspberry Pi OS has no onnxruntime wheel; use the 64-bit OS" >&2
   exit 1
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# --copies: the venv's python is a copy of the interpreter, not a symlink to its absolute path, so
+# it survives an upgrade of the system python, and an emulated install (QEMU) keeps running the
+# board's aarch64 interpreter instead of whatever sits at that path on the host.
+[ -x .venv/bin/python ] || "$PYTHON" -m venv --copies .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check --quiet "$@"; }
 # the runtime needs numpy, onnxruntime and click only: offline from wheels/, else from PyPI
 pip install --no-index --find-links wheels -r requirements.txt || pip install -r requirements.txt

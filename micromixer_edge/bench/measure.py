@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .context import Context
-from .generate import GenerateOptions, GenerationStats, encode_prompt, generate
-from .model import MixerModel
-from .sampling import SamplingParams
+from ..codec import encode_prompt
+from ..runtime.context import Context
+from ..runtime.generate import GenerateOptions, GenerationStats, generate
+from ..runtime.model import MixerModel
+from ..runtime.sampling import SamplingParams
 
 PROMPT = "Once upon a time"
 NEW_TOKENS = 240

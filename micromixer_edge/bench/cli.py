@@ -1,0 +1,65 @@
+"""mixer-bench: a thin click layer over measure.py (the reference needs torch, so this lives
+outside the torch-free runtime)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import run_cli
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model_paths", metavar="MODEL.onnx [MORE.onnx ...]", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint of the same weights: also time the original PyTorch generate "
+                   "(recompute the last window per token) and print each speed-up. Needs torch.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Thread count measured besides 1.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def bench_command(model_paths, reference, threads, repeats, as_json):
+    """Benchmark exported models: load, decode, prefill, batch throughput, memory, cold start."""
+    import dataclasses
+    import json
+    import os
+    import platform
+
+    import onnxruntime
+
+    from .measure import NEW_TOKENS, Stat, bench_model, reference_tokens_per_s
+    results = [bench_model(p, threads, repeats) for p in model_paths]
+    refs = {}
+    if reference:  # as a user runs the original (torch's default threads), and at 1 thread
+        for name, th in (("reference", None), ("reference_1t", 1)):
+            refs[name] = Stat.of([reference_tokens_per_s(reference, threads=th) for _ in range(max(1, repeats // 2))])
+        for r in results:
+            for name, ref in refs.items():
+                r[f"speedup_vs_{name}"] = r["decode_tokens_per_s_1t"].median / ref.median
+    env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+           "python": platform.python_version(), "new_tokens": NEW_TOKENS}
+    if as_json:
+        plain = lambda v: dataclasses.asdict(v) if isinstance(v, Stat) else v  # noqa: E731
+        doc = {"environment": env, **{f"{k}_tokens_per_s": plain(v) for k, v in refs.items()},
+               "models": [{k: plain(v) for k, v in r.items()} for r in results]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(" | ".join(f"{k}: {v}" for k, v in env.items()))
+    for name, ref in refs.items():
+        threads_used = "1 torch thread" if name.endswith("1t") else "torch's default threads"
+        click.echo(f"{name}: original PyTorch generate on {reference}, {threads_used}: {ref} tokens/s")
+    keys = [k for k in results[0] if k != "model"]
+    click.echo(f"{'':<26}" + "".join(f"{Path(r['model']).name:>34}" for r in results))
+    for k in keys:
+        cells = [f"{v:,.2f}" if isinstance(v, float) else str(v) for v in (r.get(k) for r in results)]
+        click.echo(f"{k:<26}" + "".join(f"{c:>34}" for c in cells))
+    click.echo("median [min-max] over repeats; tokens/s are bytes/s")
+
+
+def main():
+    sys.exit(run_cli(bench_command))

@@ -1,0 +1,35 @@
+"""Bytes are the tokens: the one place that turns text into token ids and back.
+
+A prompt is [bos] + utf8; a training or evaluation story is [bos] + utf8 + [eos]; stories in a text
+file are separated by blank lines. Needs numpy only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .format import BOS_ID, EOS_ID
+
+
+def encode_prompt(prompt: str | bytes) -> list[int]:
+    """[bos] + utf8(prompt)."""
+    data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
+    return [BOS_ID, *data]
+
+
+def encode_story(story: bytes) -> np.ndarray:
+    """A story as the model was trained on it: [bos] + utf8 + [eos], int64."""
+    return np.frombuffer(bytes([BOS_ID]) + story + bytes([EOS_ID]), np.uint8).astype(np.int64)
+
+
+def read_stories(path: str | Path) -> list[bytes]:
+    """Stories of a UTF-8 text file, separated by blank lines."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a text file")
+    data = path.read_bytes().replace(b"\r\n", b"\n")
+    stories = [s for s in (s.strip() for s in data.split(b"\n\n")) if s]
+    if not stories:
+        raise ValueError(f"{path}: no text found (stories are separated by blank lines)")
+    return stories

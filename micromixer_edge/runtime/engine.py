@@ -1,0 +1,339 @@
+"""The one decode loop: rows join, step together in one onnxruntime call, and leave.
+
+Every caller stands on it: `stream`/`generate`/`generate_batch`, the self-test, `mixer-run`, the
+server. A row owns its prompt, sampler (its own seeded generator), stop strings, limits, context
+mode and UTF-8 text stream, so its bytes are the same whether it runs alone or beside others: the
+graph's rows are independent, and the default int8 is too (docs/format.md).
+
+Past max_seq_len (W), per row:
+- unbounded: never reset.
+- window:    the original's semantics: each new token re-folds the last W tokens (its own call).
+- halve:     the state restarts from the last W/2 tokens whenever it holds W. No pause: from
+             position W/2 on, a *shadow* slot folds the same tokens from position 0 in the same
+             call, and at W it takes over: it then holds exactly what a one-call re-fold would make
+             (one call = token by token, bit for bit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+
+from ..format import EOS_ID
+from ..codec import encode_prompt
+from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+from . import snapshot
+from .model import MixerModel, State
+from .sampling import Sampler, SamplingParams
+from .textstream import TextStream
+
+FOLD_CHUNK = 4096  # unbounded prompts fold in calls of this many tokens
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ids: list[int] = dataclasses.field(default_factory=list)  # the generated token ids
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOptions:
+    max_new_tokens: int = 256
+    sampling: SamplingParams = SamplingParams()
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    context: str = DEFAULT_CONTEXT_MODE
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ValueError("max new tokens must be >= 0")
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
+
+    @classmethod
+    def of(cls, max_new_tokens: int = 256, seed: int | None = None, stop=(), context: str = DEFAULT_CONTEXT_MODE,
+           **sampling) -> "GenerateOptions":
+        """From flat keyword arguments (the CLI's flags, the one-line API's): sampling ones are
+        SamplingParams' fields; `stop` is a string or a sequence of them."""
+        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return cls(max_new_tokens=max_new_tokens, sampling=SamplingParams(**sampling), seed=seed,
+                   stop=stop, context=context)
+
+
+def fold(model: MixerModel, new: list[int], mode: str, state: State | None = None,
+         history: list[int] = ()) -> tuple[np.ndarray | None, State]:
+    """Fold tokens into one row: the (last logits (V,), state) that feeding `new` token by token
+    under `mode` would give, after `history` (the row's latest tokens) made `state`.
+
+    A mode's re-folds make the state depend on the last tokens only: the last W in window mode;
+    in halve mode the suffix since the last re-fold point, which arithmetic finds. So a long
+    prompt costs O(W) there; unbounded folds everything, in calls of FOLD_CHUNK tokens.
+    """
+    W, half = model.max_seq_len, model.max_seq_len // 2
+    pos = int(state.position[0]) if state is not None else 0
+    if mode != "unbounded" and pos + len(new) > W:
+        over = pos + len(new) - W  # tokens past the fill; halve re-folds to W/2 every W/2
+        keep = W if mode == "window" else half + (over - 1) % half + 1
+        new, state = (list(history) + list(new))[-keep:], None
+        if len(new) < keep:
+            raise ValueError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
+    state = state if state is not None else model.new_state(1)
+    logits = None
+    for i in range(0, len(new), FOLD_CHUNK if mode == "unbounded" else W):
+        logits, state = model.run(np.asarray([new[i:i + (FOLD_CHUNK if mode == "unbounded" else W)]], np.int64), state)
+    return (None if logits is None else logits[0, -1].copy()), state
+
+
+@dataclasses.dataclass(eq=False)
+class Row:
+    """One sequence in the engine. `pieces` collects text not yet taken by the caller."""
+    options: GenerateOptions
+    sampler: Sampler
+    text: TextStream
+    stats: GenerationStats
+    history: list[int]                 # latest tokens (window and halve re-fold from them)
+    recent: list[int]                  # latest tokens for the repetition penalty
+    logits: np.ndarray | None = None   # next-token logits, waiting to be sampled
+    sums: np.ndarray | None = None     # (L, H) while not in a slot; the engine owns it otherwise
+    position: int = 0
+    shadow: tuple[np.ndarray, int] | None = None  # halve: (sums, position) folded from W/2
+    finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled"
+    last: int | None = None            # the latest sampled token (folded in on the next step)
+    unfolded: bool = False             # `last` is not in the state yet
+    pieces: list[str] = dataclasses.field(default_factory=list)
+    id: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Engine:
+    """Owns a model and its live rows; `step()` advances every live row by one byte in one call."""
+
+    def __init__(self, model: MixerModel):
+        self.model, self.W = model, model.max_seq_len
+        self.rows: list[Row] = []
+        self._ids = itertools.count()
+        self._stepper = None
+        self._slots: list[tuple[Row, bool]] = []  # (row, is_shadow) per row of the stepper
+
+    # --- joining and leaving -----------------------------------------------------------------
+    def add(self, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
+            stats: GenerationStats | None = None) -> Row:
+        """Prefill a prompt ([bos] + utf8) and join the live rows."""
+        row = self._new_row(options, stats)
+        self.extend(row, encode_prompt(prompt))
+        return self._join(row)
+
+    def extend(self, row: Row, ids: list[int], prompt: bool = True) -> None:
+        """Fold more tokens into a row that is not stepping (a new one, or a resumed snapshot);
+        prompt=False folds a generated token (already in the repetition window and the stats)."""
+        t0, mode = time.perf_counter(), row.options.context
+        state = None if row.sums is None else State(row.sums[:, None].copy(), np.array([row.position]))
+        logits, state = fold(self.model, ids, mode, state, row.history)
+        if logits is not None:
+            row.logits = logits
+        row.sums, row.position = state.sums[:, 0].copy(), int(state.position[0])
+        row.history = (row.history + list(ids))[-self.W:]
+        if prompt and row.options.sampling.repeat_last_n:
+            row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
+        row.shadow = None
+        if mode == "halve" and row.position > self.W // 2:  # the shadow's tokens since W/2
+            _, s = fold(self.model, row.history[-(row.position - self.W // 2):], "unbounded")
+            row.shadow = (s.sums[:, 0].copy(), int(s.position[0]))
+        if prompt:
+            row.stats.prompt_tokens += len(ids)
+            row.stats.prefill_s += time.perf_counter() - t0
+
+    def _new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
+        return Row(options, Sampler(options.sampling, options.seed), TextStream(options.stop),
+                   stats if stats is not None else GenerationStats(), [], [], id=next(self._ids))
+
+    def _join(self, row: Row) -> Row:
+        if row.options.max_new_tokens == 0:
+            row.finish_reason = "length"
+            return row
+        self._detach()
+        self.rows.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        """Leave between steps; the row keeps what it generated."""
+        if not row.done:
+            row.finish_reason = "cancelled"
+        if row in self.rows:
+            self._detach()
+            self.rows.remove(row)
+
+    # --- slots: the live rows (and halve shadows) as rows of one IO-bound stepper --------------
+    def _detach(self) -> None:
+        """Copy the stepper's state back into the rows; the next step builds a new one."""
+        if self._stepper is None:
+            return
+        st = self._stepper.state
+        for i, (row, is_shadow) in enumerate(self._slots):
+            if is_shadow:
+                row.shadow = (st.sums[:, i].copy(), int(st.position[i]))
+            else:
+                row.sums, row.position = st.sums[:, i].copy(), int(st.position[i])
+        self._stepper, self._slots = None, []
+
+    def _attach(self) -> None:
+        self._slots = [(r, False) for r in self.rows] + [(r, True) for r in self.rows if r.shadow is not None]
+        self._stepper = self.model.stepper(len(self._slots))
+        st = self._stepper.state
+        for i, (row, is_shadow) in enumerate(self._slots):
+            sums, pos = row.shadow if is_shadow else (row.sums, row.position)
+            st.sums[:, i], st.position[i] = sums, pos
+
+    # --- one step ----------------------------------------------------------------------------
+    def step(self) -> list[Row]:
+        """Sample one byte for every live row and fold it in (one call); returns the rows that
+        produced text or finished (see their `pieces` and `finish_reason`)."""
+        touched = []
+        for row in self.rows:
+            row.last = self._sample(row)
+            if row.pieces or row.done:
+                touched.append(row)
+        if any(r.done for r in self.rows):
+            self._detach()
+            self.rows = [r for r in self.rows if not r.done]
+        if self.rows:
+            self._feed()
+        return touched
+
+    def _sample(self, row: Row) -> int:
+        opts, t0 = row.options, time.perf_counter()
+        token = row.sampler.sample(row.logits, row.recent)
+        if token == EOS_ID and not opts.sampling.ignore_eos:
+            row.finish_reason = "stop"
+            self._finish_text(row)
+            return token
+        row.unfolded = True
+        row.stats.ids.append(token)
+        row.stats.new_tokens += 1
+        if opts.sampling.repeat_last_n:
+            row.recent.append(token)
+            if len(row.recent) > 2 * opts.sampling.repeat_last_n:
+                del row.recent[:-opts.sampling.repeat_last_n]
+        piece = row.text.push(bytes((token,)))
+        if piece:
+            row.pieces.append(piece)
+        if row.text.stopped:
+            row.finish_reason = "stop"
+        elif row.stats.new_tokens >= opts.max_new_tokens:
+            row.finish_reason = "length"
+        if row.done:
+            self._finish_text(row)
+        row.stats.decode_s += time.perf_counter() - t0
+        return token
+
+    @staticmethod
+    def _finish_text(row: Row) -> None:
+        tail = row.text.finish()
+        if tail:
+            row.pieces.append(tail)
+
+    def _feed(self) -> None:
+        """Fold each live row's new token: one call for all, plus window re-folds past W."""
+        t0, W = time.perf_counter(), self.W
+        for i, row in enumerate(self.rows):  # halve: a shadow that holds W/2 tokens takes over
+            if row.options.context == "halve" and self._position(i) >= W:
+                self._take_over(row)
+        self._start_shadows()
+        if self._stepper is None:
+            self._attach()
+        refold = {i for i, r in enumerate(self.rows) if r.options.context == "window" and self._position(i) >= W}
+        if len(self._slots) == 1 and not refold:  # the batch-1 hot path: scalar stores only
+            logits = (self._stepper.step_one(self.rows[0].last),)
+        else:
+            logits = self._stepper.step([r.last for r, _ in self._slots])
+        for i, row in enumerate(self.rows):
+            row.logits = self._refold(i, row) if i in refold else logits[i].copy()
+            row.unfolded = False
+            if row.options.context != "unbounded":
+                row.history.append(row.last)
+                if len(row.history) > 2 * W:
+                    del row.history[:-W]
+        dt = (time.perf_counter() - t0) / len(self.rows)
+        for row in self.rows:
+            row.stats.decode_s += dt
+
+    def _position(self, i: int) -> int:
+        return int(self._stepper.position[i]) if self._stepper is not None else self.rows[i].position
+
+    def _take_over(self, row: Row) -> None:
+        self._detach()
+        row.sums, row.position = row.shadow
+        row.shadow = None
+
+    def _start_shadows(self) -> None:
+        need = [r for i, r in enumerate(self.rows) if r.options.context == "halve" and r.shadow is None
+                and self._position(i) >= self.W // 2]
+        if need:
+            self._detach()
+            for row in need:
+                row.shadow = (np.zeros_like(row.sums), 0)
+
+    def _refold(self, i: int, row: Row) -> np.ndarray:
+        """window past W: the last W-1 tokens and the new one, from position 0, in one call."""
+        block = np.asarray([row.history[-(self.W - 1):] + [row.last]], np.int64)
+        logits, st = self.model.prefill(block)
+        self._stepper.state.set_rows([i], st)
+        return logits[0, -1].copy()
+
+    # --- snapshots: a row as bytes, resumed or forked -----------------------------------------
+    def snapshot(self, row: Row) -> bytes:
+        """The row as bytes (see runtime/snapshot.py), its last generated byte folded in first."""
+        if row in self.rows:
+            self._detach()
+        if row.unfolded:
+            self.extend(row, [row.last], prompt=False)
+            row.unfolded = False
+        cfg, (version, mt, gauss) = self.model.config, row.sampler.rng.getstate()
+        header = {"model_sha256": self.model.sha256, "num_layers": cfg.num_layers, "hidden_dim": cfg.hidden_dim,
+                  "context": row.options.context, "position": row.position, "history": row.history,
+                  "recent": row.recent, "rng": [version, list(mt), gauss],
+                  "shadow_position": row.shadow[1] if row.shadow else None}
+        arrays = {"sums": row.sums, "logits": row.logits}
+        if row.shadow:
+            arrays["shadow_sums"] = row.shadow[0]
+        return snapshot.encode(header, arrays)
+
+    def restore(self, data: bytes, options: GenerateOptions = GenerateOptions(), more: list[int] = (),
+                stats: GenerationStats | None = None) -> Row:
+        """A new row from a snapshot (its context mode wins over `options`), with `more` tokens
+        folded in (no bos), joined to the live rows."""
+        header, arrays = snapshot.decode(data)
+        snapshot.check_model(header, self.model.sha256, self.model.config)
+        row = self._new_row(dataclasses.replace(options, context=header["context"]), stats)
+        row.sums, row.position, row.logits = arrays["sums"], int(header["position"]), arrays["logits"]
+        row.history, row.recent = list(header["history"]), list(header["recent"])
+        if header["shadow_position"] is not None:
+            row.shadow = (arrays["shadow_sums"], int(header["shadow_position"]))
+        version, mt, gauss = header["rng"]
+        row.sampler.rng.setstate((version, tuple(mt), gauss))
+        if more:
+            self.extend(row, list(more))
+        return self._join(row)
+
+    def fork(self, row: Row, options: GenerateOptions | None = None) -> Row:
+        """Another continuation of a row's state (e.g. another seed), without re-folding it."""
+        return self.restore(self.snapshot(row), options or row.options)
+
+    def run(self):
+        """Step until every row is done, yielding (row, piece) as text is made."""
+        while self.rows:
+            for row in self.step():
+                while row.pieces:
+                    yield row, row.pieces.pop(0)
