@@ -6,8 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .format import MixerError
 
-class OutputError(ValueError):
+
+class OutputError(MixerError):
     """An output path that cannot be written."""
 
 

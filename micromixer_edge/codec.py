@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import BOS_ID, EOS_ID
+from .format import MixerError, BOS_ID, EOS_ID
 
 
 def encode_prompt(prompt: str | bytes) -> list[int]:
@@ -31,5 +31,5 @@ def read_stories(path: str | Path) -> list[bytes]:
     data = path.read_bytes().replace(b"\r\n", b"\n")
     stories = [s for s in (s.strip() for s in data.split(b"\n\n")) if s]
     if not stories:
-        raise ValueError(f"{path}: no text found (stories are separated by blank lines)")
+        raise MixerError(f"{path}: no text found (stories are separated by blank lines)")
     return stories

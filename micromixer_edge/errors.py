@@ -5,13 +5,13 @@ import sys
 
 import click
 
-from .format import FormatError
-from ._files import OutputError
+from .format import MixerError
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPT = 2, 1, 130
 
-# Errors that mean "bad input": reported as one line, never a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FormatError, OutputError, ValueError)
+# Errors that mean "bad input": reported as one line, never a traceback. A bare ValueError is a
+# bug: it keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (MixerError,)
 
 
 def run_cli(command: click.Command, args=None) -> int:

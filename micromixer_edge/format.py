@@ -19,6 +19,10 @@ LOGITS, STATE_OUT = "logits", "state_out"
 INPUT_NAMES = (INPUT_IDS, POSITION, STATE)
 OUTPUT_NAMES = (LOGITS, STATE_OUT)
 
+# --- opsets the exporter writes (each tested) ---------------------------------------------
+DEFAULT_OPSET = 20                   # the first opset with Gelu as one op
+MIN_OPSET, MAX_OPSET = 18, 20        # torch writes Split's num_outputs (18): 17 fails the checker
+
 # --- tokens: bytes are the tokens ----------------------------------------------------------
 VOCAB_SIZE = 256
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -103,7 +107,12 @@ def size_name(config: MixerConfig) -> str:
     return next((name for name, c in SIZES.items() if c == config), "custom")
 
 
-class FormatError(ValueError):
+class MixerError(ValueError):
+    """Bad input from a user (a file, a flag, an argument): the CLI prints its message as one line.
+    Anything else that escapes is a bug and keeps its traceback."""
+
+
+class FormatError(MixerError):
     """A model file that is not a MicroMixer export this code can read."""
 
 

@@ -10,6 +10,7 @@ import os
 import onnx
 
 from . import format as fmt
+from ._files import atomic_output
 from .runtime.model import MixerModel
 from .runtime.selftest import SELFTEST_KEY, make_vector
 
@@ -22,10 +23,19 @@ def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
     proto.metadata_props.add(key=fmt.METADATA_KEY, value=json.dumps(meta, sort_keys=True))
 
 
-def add_selftest(proto: onnx.ModelProto, meta: dict, path: str) -> dict:
-    """Store the greedy bytes this machine produces for the file at `path` (same graph as proto)."""
-    meta = {**meta, SELFTEST_KEY: make_vector(MixerModel(path))}
+def write_model(proto: onnx.ModelProto, meta: dict, output: str | os.PathLike, check=None) -> dict:
+    """The one write path of every model file: save under a temporary name, let `check(path)`
+    refuse it (export validates against PyTorch), store the self-test vector this machine makes
+    for that very file, save again, and only then rename over `output`. Returns the metadata."""
+    meta = {k: v for k, v in meta.items() if k != SELFTEST_KEY}
     set_metadata(proto, meta)
+    with atomic_output(output) as tmp:
+        save_model(proto, tmp)
+        if check is not None:
+            check(tmp)
+        meta = {**meta, SELFTEST_KEY: make_vector(MixerModel(tmp))}
+        set_metadata(proto, meta)
+        save_model(proto, tmp)
     return meta
 
 

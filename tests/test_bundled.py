@@ -8,7 +8,8 @@ from conftest import DATA
 from micromixer_edge.export.cli import export_command
 from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.evaluate import bits_per_byte, read_stories
+from micromixer_edge.codec import read_stories
+from micromixer_edge.runtime.evaluate import bits_per_byte
 from micromixer_edge.runtime.generate import generate
 
 

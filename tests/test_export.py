@@ -121,3 +121,17 @@ def test_subprocess_errors_are_one_line(tmp_path):
     assert proc.stderr.strip() == ("error: " + str(GOLDEN / "1m_model.pt") +
                                    " holds a 1m model, not 100k (hidden size 224); drop --size or pick 1m")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("opset", range(fmt.MIN_OPSET, fmt.MAX_OPSET + 1))
+def test_every_opset_the_help_promises(tmp_path, opset):
+    """Each opset in --opset's range exports, passes the checker and matches PyTorch."""
+    from micromixer_edge.export.cli import export_command
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export_command, ["--checkpoint", str(GOLDEN / "100k_model.pt"), "-o", str(out),
+                                                 "--opset", str(opset)])
+    assert result.exit_code == 0, result.output
+    assert onnx.load(str(out)).opset_import[0].version == opset
+    assert f"{fmt.MIN_OPSET} to {fmt.MAX_OPSET}" in CliRunner().invoke(export_command, ["--help"]).output
+    rejected = CliRunner().invoke(export_command, ["--size", "1m", "-o", str(tmp_path / "x.onnx"), "--opset", "17"])
+    assert rejected.exit_code != 0 and not (tmp_path / "x.onnx").exists()

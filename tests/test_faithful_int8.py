@@ -14,7 +14,7 @@ from micromixer_edge import format as fmt
 from micromixer_edge.quantize.report import compare_on_text, invariance
 from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.evaluate import read_stories
+from micromixer_edge.codec import read_stories
 from micromixer_edge.runtime.generate import generate, generate_batch
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,8 @@ from micromixer_edge import format as fmt
 from micromixer_edge.quantize.cli import quantize_command
 from micromixer_edge.quantize.quantize import QuantOptions, quantize_file
 from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.evaluate import bits_per_byte, read_stories
+from micromixer_edge.codec import read_stories
+from micromixer_edge.runtime.evaluate import bits_per_byte
 
 MODES = list(fmt.QUANT_SCHEMES)
 
@@ -52,7 +53,7 @@ def test_quantized_file_keeps_the_contract(export_file, quantized, mode):
 def test_keep_float_leaves_that_group_in_float(export_file, tmp_path, part, kept):
     """--keep-float PART: exactly that group's MatMuls stay float (3 layers x 2, or the one head)."""
     out = tmp_path / "q.onnx"
-    quantize_file(export_file("brief_1m_model"), out, QuantOptions(float_parts=(part,)))
+    quantize_file(export_file("brief_1m_model"), out, QuantOptions(mode="int8-block", float_parts=(part,)))
     q = onnx.load(str(out))
     float_mm = [n for n in q.graph.node if n.op_type == "MatMul"]
     assert len(float_mm) == kept

@@ -7,7 +7,7 @@ from conftest import DATA
 from micromixer_edge.export.checkpoint import load_checkpoint
 from micromixer_edge.export.cli import train_command
 from micromixer_edge.export.train import TrainConfig, sample_batch, train
-from micromixer_edge.runtime.evaluate import encode_story as encode
+from micromixer_edge.codec import encode_story as encode
 
 
 def _train(tmp_path, name, steps, resume=None, stop_after=None):

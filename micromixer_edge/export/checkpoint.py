@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..format import SIZES
+from ..format import SIZES, MixerError
 from .._files import atomic_output
 from .model import MicroMixerV2
 
@@ -22,7 +22,7 @@ TRAINER_KEY = "model_state_dict"
 TIED_KEY, EMBED_KEY = "lm_head.weight", "token_embedding.weight"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MixerError):
     """A checkpoint that cannot be loaded as a MicroMixerV2 model."""
 
 

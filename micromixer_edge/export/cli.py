@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..format import HUB_REPOS, SIZES
+from ..format import DEFAULT_OPSET, HUB_REPOS, MAX_OPSET, MIN_OPSET, SIZES
 from ..errors import run_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -21,8 +21,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
                    "Needs the 'hub' extra.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="The .onnx file to write [default: micromixer-SIZE.onnx].")
-@click.option("--opset", type=click.IntRange(min=17), default=20, show_default=True,
-              help="ONNX opset (17+; 20 makes Gelu a single op).")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (each tested; 20 makes Gelu a single op).")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Largest max-abs logit difference accepted by validation.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-vs-PyTorch validation.")

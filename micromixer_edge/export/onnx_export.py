@@ -14,13 +14,11 @@ import onnxscript.optimizer
 import torch
 
 from .. import format as fmt
-from .._files import atomic_output
 from .model import MicroMixerV2
-from ..onnx_io import add_selftest, save_model, set_metadata, strip_debug_info
+from ..onnx_io import strip_debug_info, write_model
 from .validate import validate
 
-DEFAULT_OPSET = 20  # the first opset with Gelu as one op (LayerNormalization needs 17)
-MIN_OPSET = 17
+from ..format import DEFAULT_OPSET
 # Fold constant subgraphs up to this many elements, so that the tied head's transpose of the
 # embedding is done once at export instead of on every call.
 FOLD_LIMIT = 1 << 22
@@ -91,20 +89,17 @@ def export(model: MicroMixerV2, size: str, checkpoint_sha256: str, output: str |
     proto = to_onnx(model, opset)
     meta = fmt.make_metadata(model.config, checkpoint_sha256)
     meta["size"] = size
-    set_metadata(proto, meta)
     diffs: dict[str, float] = {}
-    with atomic_output(output) as tmp:
-        save_model(proto, tmp)
-        if check:
-            diffs = validate(model, tmp)
-            bad = {k: v for k, v in diffs.items() if not v <= atol}
-            if bad:
-                raise ValidationError("validation failed: " + ", ".join(
-                    f"{k} max abs diff {v:.3g} > atol {atol:g}" for k, v in bad.items()))
-        meta = add_selftest(proto, meta, tmp)
-        save_model(proto, tmp)
+
+    def against_pytorch(path):
+        diffs.update(validate(model, path))
+        bad = {k: v for k, v in diffs.items() if not v <= atol}
+        if bad:
+            raise ValidationError("validation failed: " + ", ".join(
+                f"{k} max abs diff {v:.3g} > atol {atol:g}" for k, v in bad.items()))
+    meta = write_model(proto, meta, output, against_pytorch if check else None)
     return ExportResult(Path(output), len(proto.graph.node), Path(output).stat().st_size, meta, diffs)
 
 
-class ValidationError(ValueError):
+class ValidationError(fmt.MixerError):
     """onnxruntime disagrees with PyTorch beyond the tolerance."""

@@ -27,11 +27,10 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnx import helper, numpy_helper
 
 from .. import format as fmt
-from .._files import atomic_output, check_output_path
+from .._files import check_output_path
 from ..codec import encode_prompt, read_stories
-from ..onnx_io import add_selftest, read_metadata, save_model, set_metadata, strip_debug_info
+from ..onnx_io import read_metadata, strip_debug_info, write_model
 from ..runtime.model import MixerModel
-from ..runtime.selftest import SELFTEST_KEY
 
 
 MATMUL_GROUPS = ("head", "hyper", "channel")  # what --keep-float can leave in float
@@ -244,10 +243,10 @@ def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: Qu
     """Quantize a float export into `output` (atomically); returns the new metadata."""
     out = check_output_path(output, src)
     if options.mode not in fmt.QUANT_SCHEMES:
-        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
+        raise fmt.MixerError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
     if options.mode == "static":
         if calibration is None:
-            raise ValueError("--mode static needs --calibration TEXT (stories separated by blank lines)")
+            raise fmt.MixerError("--mode static needs --calibration TEXT (stories separated by blank lines)")
         if not Path(calibration).is_file():
             raise FileNotFoundError(f"calibration file {calibration}: no such file")
     model, meta = load_micromixer(src)
@@ -258,10 +257,4 @@ def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: Qu
     strip_debug_info(qmodel)
     meta = {**meta, "quantization": fmt.QUANT_SCHEMES[options.mode],
             "quantization_options": dataclasses.asdict(options)}
-    meta.pop(SELFTEST_KEY, None)  # the float model's vector does not hold for the quantized one
-    set_metadata(qmodel, meta)
-    with atomic_output(out) as tmp_out:
-        save_model(qmodel, tmp_out)
-        meta = add_selftest(qmodel, meta, tmp_out)
-        save_model(qmodel, tmp_out)
-    return meta
+    return write_model(qmodel, meta, out)  # a new self-test vector: the float one does not hold

@@ -56,7 +56,7 @@ def _stats_line(stats) -> str:
 @click.option("--seed", type=int, help="Seed of the sampler [default: random].")
 @click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
-@click.option("--context", "context_mode", type=click.Choice(CONTEXT_MODES), default=DEFAULT_CONTEXT_MODE,
+@click.option("--context", "context", type=click.Choice(CONTEXT_MODES), default=DEFAULT_CONTEXT_MODE,
               show_default=True, help="Past max_seq_len: halve (re-fold the last half), window (the "
                                       "original's exact behaviour), unbounded (never reset).")
 @click.option("--ignore-eos", is_flag=True, help="Never stop at the end-of-sequence token.")

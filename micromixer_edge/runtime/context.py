@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+from ..format import MixerError, CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 from .model import MixerModel, State
 
 
@@ -19,7 +19,7 @@ class Context:
 
     def __init__(self, model: MixerModel, batch: int = 1, mode: str = DEFAULT_CONTEXT_MODE):
         if mode not in CONTEXT_MODES:
-            raise ValueError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
+            raise MixerError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         self.model, self.mode, self.W = model, mode, model.max_seq_len
         self._stepper = model.stepper(batch)
         self.history: list[list[int]] = [[] for _ in range(batch)]  # recent tokens per row

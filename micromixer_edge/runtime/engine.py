@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from ..format import EOS_ID
+from ..format import MixerError, EOS_ID
 from ..codec import encode_prompt
 from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 from . import snapshot
@@ -55,9 +55,9 @@ class GenerateOptions:
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
-            raise ValueError("max new tokens must be >= 0")
+            raise MixerError("max new tokens must be >= 0")
         if self.context not in CONTEXT_MODES:
-            raise ValueError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
+            raise MixerError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
 
     @classmethod
     def of(cls, max_new_tokens: int = 256, seed: int | None = None, stop=(), context: str = DEFAULT_CONTEXT_MODE,
@@ -85,7 +85,7 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
         keep = W if mode == "window" else half + (over - 1) % half + 1
         new, state = (list(history) + list(new))[-keep:], None
         if len(new) < keep:
-            raise ValueError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
+            raise MixerError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
     state = state if state is not None else model.new_state(1)
     logits = None
     for i in range(0, len(new), FOLD_CHUNK if mode == "unbounded" else W):
@@ -328,8 +328,12 @@ class Engine:
         return self._join(row)
 
     def fork(self, row: Row, options: GenerateOptions | None = None) -> Row:
-        """Another continuation of a row's state (e.g. another seed), without re-folding it."""
-        return self.restore(self.snapshot(row), options or row.options)
+        """Another continuation of a row's state without re-folding it; a seed in `options`
+        re-seeds the fork's sampler (else it goes on from the row's random state)."""
+        fork = self.restore(self.snapshot(row), options or row.options)
+        if options is not None and options.seed is not None:
+            fork.sampler.rng.seed(options.seed)
+        return fork
 
     def run(self):
         """Step until every row is done, yielding (row, piece) as text is made."""

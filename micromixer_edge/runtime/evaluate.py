@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..codec import encode_story, read_stories  # noqa: F401 (re-exported)
+from ..codec import encode_story
 from .context import Context
 from .model import MixerModel
 

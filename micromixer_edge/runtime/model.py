@@ -63,9 +63,9 @@ def open_session(path: str | os.PathLike, threads: int = 1, backend: str = fmt.D
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if backend not in fmt.BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(fmt.BACKENDS)}")
+        raise fmt.MixerError(f"unknown backend {backend!r}; choose one of {', '.join(fmt.BACKENDS)}")
     if backend == "onnxruntime" and ort is None:
-        raise ValueError("onnxruntime is not installed; install it, or use --backend numpy")
+        raise fmt.MixerError("onnxruntime is not installed; install it, or use --backend numpy")
     try:
         if backend == "numpy" or (backend == "auto" and ort is None):
             from .numpy_backend import NumpySession
@@ -91,7 +91,7 @@ class MixerModel:
 
     def __init__(self, path: str | os.PathLike, threads: int = 1, backend: str = fmt.DEFAULT_BACKEND):
         if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+            raise fmt.MixerError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
         self.session = open_session(path, threads, backend)
         self.backend = "onnxruntime" if ort is not None and isinstance(self.session, ort.InferenceSession) else "numpy"

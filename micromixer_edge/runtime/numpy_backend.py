@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from ..format import MixerError
+
 from .protobuf import DTYPES, read_model
 
 _SQRT1_2 = 1 / math.sqrt(2)
@@ -84,7 +86,7 @@ def _matmul_nbits_codes(b, scales, zero_points=None, K=0, N=0, bits=4, block_siz
     """MatMulNBits' packed (N, blocks, blob) uint8 weight -> signed codes (N, K) and scales
     (N, blocks), zero points already subtracted."""
     if bits not in (4, 8):
-        raise ValueError(f"MatMulNBits with {bits} bits is not supported by the numpy backend")
+        raise MixerError(f"MatMulNBits with {bits} bits is not supported by the numpy backend")
     blocks = -(-K // block_size)
     if bits == 4:
         q = np.stack([b & 0x0F, b >> 4], -1).reshape(N, -1)[:, :K].astype(np.float32)
@@ -133,7 +135,7 @@ def _gather_block_weight(data, scales, zero_points=None, quantize_axis=1, block_
 
 def _cumsum(x, axis, exclusive=0, reverse=0):
     if exclusive or reverse:
-        raise ValueError("CumSum with exclusive/reverse is not supported by the numpy backend")
+        raise MixerError("CumSum with exclusive/reverse is not supported by the numpy backend")
     return np.cumsum(x, axis=int(axis), dtype=x.dtype)
 
 
@@ -195,7 +197,7 @@ class NumpySession:
             node = self._dequantize_weights(node)
             fn = OPS.get(node["op"])
             if fn is None:
-                raise ValueError(f"operator {node['op']} is not supported by the numpy backend")
+                raise MixerError(f"operator {node['op']} is not supported by the numpy backend")
             if all(not i or i in self._consts for i in node["inputs"]):  # fold constants at load
                 self._store(self._consts, node, self._call(fn, node, self._consts))
             else:
@@ -210,7 +212,7 @@ class NumpySession:
         ins = node["inputs"]
         consts = [i for k, i in enumerate(ins) if k != 1 - weight_at and i]
         if not all(i in self._consts for i in consts):
-            raise ValueError(f"{node['op']} with non-constant weights is not supported by the numpy backend")
+            raise MixerError(f"{node['op']} with non-constant weights is not supported by the numpy backend")
         name = ins[weight_at] + "/dequantized"
         extra = [self._consts[i] if i else None for i in ins[2:4]]
         other = ins[1 - weight_at]

@@ -9,6 +9,8 @@ import struct
 
 import numpy as np
 
+from ..format import MixerError
+
 # TensorProto.DataType -> numpy dtype (INT4 is unpacked separately)
 DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
           10: np.float16, 11: np.float64}
@@ -43,7 +45,7 @@ def fields(buf: bytes):
         elif wire == 5:
             value, i = buf[i:i + 4], i + 4
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            raise MixerError(f"unsupported protobuf wire type {wire}")
         yield num, wire, value
 
 
@@ -82,7 +84,7 @@ def tensor(buf: bytes) -> tuple[str, np.ndarray]:
         elif num == 14:
             external = v == EXTERNAL
     if external:
-        raise ValueError(f"initializer {name} has external data; exports are self-contained files")
+        raise MixerError(f"initializer {name} has external data; exports are self-contained files")
     if dtype == INT4:  # two signed 4-bit values per byte, low nibble first
         packed = np.frombuffer(raw, np.uint8)
         nib = np.stack([packed & 0x0F, packed >> 4], -1).reshape(-1).astype(np.int8)
@@ -90,7 +92,7 @@ def tensor(buf: bytes) -> tuple[str, np.ndarray]:
         return name, arr.reshape(dims)
     np_dtype = DTYPES.get(dtype)
     if np_dtype is None:
-        raise ValueError(f"initializer {name}: unsupported data type {dtype}")
+        raise MixerError(f"initializer {name}: unsupported data type {dtype}")
     if raw is not None:
         arr = np.frombuffer(raw, np.dtype(np_dtype).newbyteorder("<"))
     elif floats:

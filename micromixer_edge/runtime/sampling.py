@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from ..format import BOS_ID, EOS_ID, PAD_ID
+from ..format import MixerError, BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class SamplingParams:
                   (self.repeat_last_n >= 0, "repeat-last-n must be >= 0")]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise MixerError(message)
 
 
 class Sampler:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..format import NEEDS_DOT_PRODUCT
+from ..format import MixerError, NEEDS_DOT_PRODUCT
 from .engine import Engine, GenerateOptions
 from .model import MixerModel, ort
 from .sampling import SamplingParams
@@ -84,7 +84,7 @@ class SelftestResult:
 def run_selftest(model: MixerModel) -> SelftestResult:
     vector = model.meta.get(SELFTEST_KEY)
     if not vector:
-        raise ValueError(f"{model.path} has no self-test vector; re-export it with this version")
+        raise MixerError(f"{model.path} has no self-test vector; re-export it with this version")
     want = vector["greedy_ids"]
     t0 = time.perf_counter()
     got = greedy_ids(model, vector["prompt"], len(want))

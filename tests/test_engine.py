@@ -1,0 +1,145 @@
+"""The decode engine: a row's bytes do not depend on the rows beside it or on when it joined; a
+long prompt folds only what its context mode keeps; snapshots resume and fork exactly.
+
+Truths: the row alone; today's token-by-token path (runtime/context.py, whose re-folds are the
+modes' definition); one uninterrupted run."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from micromixer_edge import MixerModel as TopLevel
+from micromixer_edge.format import CONTEXT_MODES
+from micromixer_edge.runtime.context import Context
+from micromixer_edge.runtime.engine import Engine, GenerateOptions, fold
+from micromixer_edge.runtime.generate import generate, generate_batch, stream
+from micromixer_edge.runtime.model import MixerModel
+from micromixer_edge.codec import encode_prompt
+
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def small(export_file):
+    return MixerModel(export_file("brief_100k_model"))  # W = 64: every mode's boundary is near
+
+
+def _texts(engine, rows):
+    out = {r.id: [] for r in rows}
+    for row, piece in engine.run():
+        out[row.id].append(piece)
+    return ["".join(out[r.id]) for r in rows]
+
+
+row_spec = st.tuples(st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=0, max_size=90),
+                     st.sampled_from(CONTEXT_MODES), st.one_of(st.none(), st.integers(0, 2**31)),
+                     st.integers(1, 160))
+
+
+def _options(spec):
+    _, mode, seed, n = spec
+    sampling = {"temperature": 0} if seed is None else {"temperature": 0.9, "repetition_penalty": 1.2}
+    return GenerateOptions.of(max_new_tokens=n, seed=seed, context=mode, ignore_eos=True, **sampling)
+
+
+@SETTINGS
+@given(specs=st.lists(row_spec, min_size=1, max_size=8), join_after=st.integers(0, 40), split=st.integers(0, 8))
+def test_a_row_is_the_same_alone_in_a_batch_or_joining_late(small, specs, join_after, split):
+    alone = [generate(small, s[0], _options(s)) for s in specs]
+    engine = Engine(small)
+    assert _texts(engine, [engine.add(s[0], _options(s)) for s in specs]) == alone
+    engine = Engine(small)  # some rows first; the rest join after a few steps, while others finish
+    first = [engine.add(s[0], _options(s)) for s in specs[:split]]
+    out = {r.id: [] for r in first}
+    for _ in range(join_after):
+        for row in engine.step():
+            out[row.id].extend(row.pieces)
+            row.pieces.clear()
+    late = [engine.add(s[0], _options(s)) for s in specs[split:]]
+    out.update({r.id: [] for r in late})
+    for row, piece in engine.run():
+        out[row.id].append(piece)
+    assert ["".join(out[r.id]) for r in first + late] == alone
+
+
+@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 63, 64, 65, 96, 97, 128, 129, 300, 1001])
+def test_a_long_prompt_folds_only_what_the_mode_keeps(small, mode, length):
+    """fold() == feeding the prompt through today's path, which re-folds as it goes."""
+    ids = encode_prompt(bytes(np.random.default_rng(length).integers(32, 127, length - 1).tolist()))
+    ctx = Context(small, 1, mode)
+    want = ctx.feed_sequence(ids)[-1]
+    logits, state = fold(small, ids, mode)
+    np.testing.assert_allclose(logits, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(state.sums, ctx.state.sums, atol=1e-5, rtol=0)
+    assert state.position.tolist() == ctx.state.position.tolist()
+
+
+@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("seed", [None, 11])
+def test_decoding_matches_todays_loop(small, mode, seed):
+    """The engine (halve: with its shadow rows) gives the bytes of a plain loop over Context,
+    whose halve mode re-folds the last W/2 tokens in one call at W."""
+    options = _options(("Once upon a time", mode, seed, 400))
+    from micromixer_edge.runtime.sampling import Sampler
+    ctx, sampler = Context(small, 1, mode), Sampler(options.sampling, seed)
+    ids = encode_prompt("Once upon a time")
+    logits, recent, out = ctx.feed_sequence(ids)[-1], ids[-64:], []
+    for _ in range(400):
+        token = sampler.sample(logits, recent)
+        out.append(token)
+        recent.append(token)
+        logits = ctx.feed([token])[0]
+    engine = Engine(small)
+    row = engine.add("Once upon a time", options)
+    _texts(engine, [row])
+    assert row.stats.ids == out
+
+
+@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("seed", [None, 5])
+@pytest.mark.parametrize("n", [10, 63, 64, 100])
+def test_save_then_resume_equals_one_run(small, mode, seed, n):
+    spec = ("Lily and Ben", mode, seed, n + 90)
+    whole = generate(small, spec[0], _options(spec))
+    engine = Engine(small)
+    row = engine.add(spec[0], _options(spec[:3] + (n,)))
+    first = _texts(engine, [row])[0]
+    data = engine.snapshot(row)
+    assert isinstance(data, bytes)
+    again = Engine(small)
+    second = _texts(again, [again.restore(data, _options(spec[:3] + (90,)))])[0]
+    assert first + second == whole
+
+
+def test_fork_continues_without_refolding(small):
+    """Forks of one prefilled row with other seeds equal fresh runs with those seeds."""
+    base = GenerateOptions.of(max_new_tokens=0, context="halve")
+    engine = Engine(small)
+    row = engine.add("The little dog " * 8, base)
+    forks = [engine.fork(row, GenerateOptions.of(max_new_tokens=120, seed=s, context="halve")) for s in (1, 2, 3)]
+    assert _texts(engine, forks) == [generate(small, "The little dog " * 8,
+                                              GenerateOptions.of(max_new_tokens=120, seed=s)) for s in (1, 2, 3)]
+
+
+def test_one_line_api(bundled):
+    model = TopLevel(bundled["int8"])
+    kw = dict(max_new_tokens=80, temperature=0.7, top_k=30, seed=4, stop=["\n\n"], context="halve")
+    text = model.generate("Once upon a time", **kw)
+    assert text == "".join(model.generate("Once upon a time", stream=True, **kw))
+    prompts = ["Once upon a time", "Lily and Ben", "The sun was"]
+    assert model.generate_batch(prompts, **kw) == [model.generate(p, **kw) for p in prompts]
+    assert generate_batch(model, prompts, GenerateOptions.of(**kw)) == model.generate_batch(prompts, **kw)
+    assert "".join(stream(model, "Lily", GenerateOptions.of(max_new_tokens=30, temperature=0))) == \
+        model.generate("Lily", max_new_tokens=30, temperature=0)
+
+
+def test_int8_rows_in_a_batch_equal_alone(bundled):
+    """The default int8 on the bundled weights: 8 rows with their own seeds, together and alone."""
+    model = MixerModel(bundled["int8"])
+    prompts = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named",
+               "Tom had a big red", "The sun was", "Mom said,", "In the park"]
+    opts = [GenerateOptions.of(max_new_tokens=300, seed=i, context=m) for i, m in
+            zip(range(8), ["halve", "window", "unbounded"] * 3)]
+    engine = Engine(model)
+    together = _texts(engine, [engine.add(p, o) for p, o in zip(prompts, opts)])
+    assert together == [generate(model, p, o) for p, o in zip(prompts, opts)]
