@@ -109,6 +109,7 @@ class Row:
     finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled"
     last: int | None = None            # the latest sampled token (folded in on the next step)
     unfolded: bool = False             # `last` is not in the state yet
+    event: float = 0                   # the position at which the context mode acts next
     pieces: list[str] = dataclasses.field(default_factory=list)
     id: int = 0
 
@@ -163,6 +164,7 @@ class Engine:
         if row.options.max_new_tokens == 0:
             row.finish_reason = "length"
             return row
+        self._set_event(row)
         self._detach()
         self.rows.append(row)
         return row
@@ -191,6 +193,7 @@ class Engine:
     def _attach(self) -> None:
         self._slots = [(r, False) for r in self.rows] + [(r, True) for r in self.rows if r.shadow is not None]
         self._stepper = self.model.stepper(len(self._slots))
+        self._single = len(self._slots) == 1
         st = self._stepper.state
         for i, (row, is_shadow) in enumerate(self._slots):
             sums, pos = row.shadow if is_shadow else (row.sums, row.position)
@@ -200,20 +203,27 @@ class Engine:
     def step(self) -> list[Row]:
         """Sample one byte for every live row and fold it in (one call); returns the rows that
         produced text or finished (see their `pieces` and `finish_reason`)."""
-        touched = []
+        if not self.rows:
+            return []
+        t0, touched, finished = time.perf_counter(), [], False
         for row in self.rows:
             row.last = self._sample(row)
-            if row.pieces or row.done:
+            if row.pieces or row.finish_reason:
                 touched.append(row)
-        if any(r.done for r in self.rows):
+                finished = finished or row.finish_reason is not None
+        rows = self.rows
+        if finished:
             self._detach()
-            self.rows = [r for r in self.rows if not r.done]
+            self.rows = [r for r in rows if r.finish_reason is None]
         if self.rows:
             self._feed()
+        dt = (time.perf_counter() - t0) / len(rows)
+        for row in rows:
+            row.stats.decode_s += dt
         return touched
 
     def _sample(self, row: Row) -> int:
-        opts, t0 = row.options, time.perf_counter()
+        opts = row.options
         token = row.sampler.sample(row.logits, row.recent)
         if token == EOS_ID and not opts.sampling.ignore_eos:
             row.finish_reason = "stop"
@@ -233,9 +243,8 @@ class Engine:
             row.finish_reason = "stop"
         elif row.stats.new_tokens >= opts.max_new_tokens:
             row.finish_reason = "length"
-        if row.done:
+        if row.finish_reason is not None:
             self._finish_text(row)
-        row.stats.decode_s += time.perf_counter() - t0
         return token
 
     @staticmethod
@@ -246,51 +255,67 @@ class Engine:
 
     def _feed(self) -> None:
         """Fold each live row's new token: one call for all, plus window re-folds past W."""
-        t0, W = time.perf_counter(), self.W
-        for i, row in enumerate(self.rows):  # halve: a shadow that holds W/2 tokens takes over
-            if row.options.context == "halve" and self._position(i) >= W:
-                self._take_over(row)
-        self._start_shadows()
+        rows, W = self.rows, self.W
+        refold = self._boundaries() if any(r.position >= r.event for r in rows) else ()
         if self._stepper is None:
             self._attach()
-        refold = {i for i, r in enumerate(self.rows) if r.options.context == "window" and self._position(i) >= W}
-        if len(self._slots) == 1 and not refold:  # the batch-1 hot path: scalar stores only
-            logits = (self._stepper.step_one(self.rows[0].last),)
-        else:
-            logits = self._stepper.step([r.last for r, _ in self._slots])
-        for i, row in enumerate(self.rows):
+        if self._single and not refold:  # the batch-1 hot path: scalar stores, no copies
+            row = rows[0]
+            row.logits, row.unfolded = self._stepper.step_one(row.last), False
+            row.position += 1
+            if row.event < W + 1:  # window and halve keep the tokens they may re-fold
+                row.history.append(row.last)
+                if len(row.history) > 2 * W:
+                    del row.history[:-W]
+            return
+        logits = self._stepper.step([r.last for r, _ in self._slots])
+        for i, row in enumerate(rows):
             row.logits = self._refold(i, row) if i in refold else logits[i].copy()
-            row.unfolded = False
+            row.unfolded, row.position = False, row.position + 1 if i not in refold else W
             if row.options.context != "unbounded":
                 row.history.append(row.last)
                 if len(row.history) > 2 * W:
                     del row.history[:-W]
-        dt = (time.perf_counter() - t0) / len(self.rows)
-        for row in self.rows:
-            row.stats.decode_s += dt
 
-    def _position(self, i: int) -> int:
-        return int(self._stepper.position[i]) if self._stepper is not None else self.rows[i].position
-
-    def _take_over(self, row: Row) -> None:
-        self._detach()
-        row.sums, row.position = row.shadow
-        row.shadow = None
-
-    def _start_shadows(self) -> None:
-        need = [r for i, r in enumerate(self.rows) if r.options.context == "halve" and r.shadow is None
-                and self._position(i) >= self.W // 2]
-        if need:
-            self._detach()
-            for row in need:
+    def _boundaries(self) -> set[int]:
+        """Rows at their mode's next boundary: a halve row's shadow starts at W/2 and takes over
+        at W; a window row past W re-folds (the returned indices). Updates each row's `event`."""
+        W, refold = self.W, set()
+        for i, row in enumerate(self.rows):
+            mode = row.options.context
+            if mode == "halve" and row.position >= W:  # the shadow holds the last W/2 tokens
+                self._take_over(i, row)
+            if mode == "halve" and row.shadow is None and row.position >= W // 2:
+                self._detach()
                 row.shadow = (np.zeros_like(row.sums), 0)
+            if mode == "window" and row.position >= W:
+                refold.add(i)
+            self._set_event(row)
+        return refold
+
+    def _take_over(self, i: int, row: Row) -> None:
+        """The shadow's state becomes the row's, and the shadow starts again from position 0 in
+        the same slot: no new stepper (re-binding would be a pause)."""
+        if self._stepper is None:
+            (row.sums, row.position), row.shadow = row.shadow, (np.zeros_like(row.sums), 0)
+            return
+        j = self._slots.index((row, True))
+        st = self._stepper.state
+        st.sums[:, i], st.position[i] = st.sums[:, j], st.position[j]
+        st.sums[:, j], st.position[j] = 0, 0
+        row.position = int(st.position[i])
+
+    def _set_event(self, row: Row) -> None:
+        mode, W = row.options.context, self.W
+        row.event = (float("inf") if mode == "unbounded" else
+                     W // 2 if mode == "halve" and row.shadow is None else W)
 
     def _refold(self, i: int, row: Row) -> np.ndarray:
         """window past W: the last W-1 tokens and the new one, from position 0, in one call."""
         block = np.asarray([row.history[-(self.W - 1):] + [row.last]], np.int64)
         logits, st = self.model.prefill(block)
         self._stepper.state.set_rows([i], st)
-        return logits[0, -1].copy()
+        return logits[0, -1]
 
     # --- snapshots: a row as bytes, resumed or forked -----------------------------------------
     def snapshot(self, row: Row) -> bytes:
@@ -338,6 +363,41 @@ class Engine:
     def run(self):
         """Step until every row is done, yielding (row, piece) as text is made."""
         while self.rows:
+            if len(self.rows) == 1 and self._stepper is not None and len(self._slots) <= 2:
+                yield from self._run_single()
+                continue
             for row in self.step():
                 while row.pieces:
                     yield row, row.pieces.pop(0)
+
+    def _run_single(self):
+        """The batch-1 hot path of run() (mixer-run's loop): `step` for one row (and its halve
+        shadow) with the bookkeeping inlined; boundaries and the row's end take the general path."""
+        row, W = self.rows[0], self.W
+        step_one = self._stepper.step_one if self._single else self._stepper.step_shadowed
+        sample, pieces, history = self._sample, row.pieces, row.history
+        keep, t0, n = row.event <= W, time.perf_counter(), 0
+        try:
+            while True:
+                row.last = sample(row)
+                n += 1
+                while pieces:
+                    yield row, pieces.pop(0)
+                if row.finish_reason is not None or row.position >= row.event:
+                    return self._leave_single(row)
+                row.logits = step_one(row.last)
+                row.unfolded, row.position = False, row.position + 1
+                if keep:
+                    history.append(row.last)
+                    if len(history) > 2 * W:
+                        del history[:-W]
+        finally:
+            row.stats.decode_s += time.perf_counter() - t0
+
+    def _leave_single(self, row: Row) -> None:
+        """The single row finished, or reached its mode's boundary: the general path takes it."""
+        if row.finish_reason is not None:
+            self._detach()
+            self.rows = []
+        else:
+            self._feed()
