@@ -54,7 +54,29 @@ def files(export_file, tmp_path_factory):
     (d / "empty.pt").write_bytes(b"")
     (d / "story.txt").write_text("Once upon a time.\n\nThe end.\n")
     (d / "dir").mkdir()
+    _snapshots(d, good, export_file("brief_1m_model"))
     return {"dir": d, "good": good, "ckpt": GOLDEN / "100k_model.pt"}
+
+
+def _snapshots(d, good, other):
+    """A good snapshot of `good`, and broken ones: truncated, one byte flipped, a future version,
+    another model's, not a snapshot at all."""
+    import struct
+    import zlib
+    from micromixer_edge.runtime.engine import Engine, GenerateOptions
+    from micromixer_edge.runtime.model import MixerModel
+    for model, name in ((good, "state.bin"), (other, "other_state.bin")):
+        engine = Engine(MixerModel(model))
+        row = engine.add("Once", GenerateOptions.of(max_new_tokens=5, temperature=0))
+        list(engine.run())
+        (d / name).write_bytes(engine.snapshot(row))
+    data = (d / "state.bin").read_bytes()
+    (d / "truncated_state.bin").write_bytes(data[:len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (d / "corrupt_state.bin").write_bytes(bytes(flipped))
+    body = data[:8] + struct.pack("<H", 99) + data[10:-4]
+    (d / "v99_state.bin").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
 
 
 def _case(f, name):
@@ -98,6 +120,14 @@ def _case(f, name):
         "run unknown context": ("run", [good, "-p", "hi", "--context", "sliding"], "sliding"),
         "run empty prompt": ("run", [good, "-p", ""], "prompt is empty"),
         "run invalid utf-8 stdin": ("run", [good, "-p", "-"], "not valid UTF-8"),
+        "run state of another model": ("run", [good, "--load-state", str(d / "other_state.bin")], "another model"),
+        "run truncated state": ("run", [good, "--load-state", str(d / "truncated_state.bin")], "truncated or corrupt"),
+        "run corrupt state": ("run", [good, "--load-state", str(d / "corrupt_state.bin")], "truncated or corrupt"),
+        "run state version": ("run", [good, "--load-state", str(d / "v99_state.bin")], "version 99"),
+        "run state not a snapshot": ("run", [good, "--load-state", str(d / "story.txt")], "not a MicroMixer state"),
+        "run state missing": ("run", [good, "--load-state", str(d / "absent.bin")], "no such file"),
+        "run save state dir missing": ("run", [good, "-p", "hi", "--save-state", str(d / "nope" / "s.bin")],
+                                       "does not exist"),
         "eval missing text": ("eval", [good, "--text", str(d / "absent.txt")], "no such file"),
         "train missing text": ("train", ["--train", str(d / "absent.txt"), "-o", str(d / "t.pt")], "absent.txt"),
         "train output dir missing": ("train", ["--size", "100k", "--train", str(d / "story.txt"),
@@ -117,7 +147,9 @@ CASES = [
     "run missing file", "run directory", "run random bytes", "run truncated", "run non-MicroMixer",
     "run unknown version", "run temperature < 0", "run top-p > 1", "run top-p = 0", "run top-k < 0",
     "run threads < 1", "run max new tokens < 0", "run unknown context", "run empty prompt",
-    "run invalid utf-8 stdin", "eval missing text", "train missing text", "train output dir missing",
+    "run invalid utf-8 stdin", "run state of another model", "run truncated state", "run corrupt state",
+    "run state version", "run state not a snapshot", "run state missing", "run save state dir missing",
+    "eval missing text", "train missing text", "train output dir missing",
     "bench missing file",
 ]
 

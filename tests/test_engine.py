@@ -143,3 +143,29 @@ def test_int8_rows_in_a_batch_equal_alone(bundled):
     engine = Engine(model)
     together = _texts(engine, [engine.add(p, o) for p, o in zip(prompts, opts)])
     assert together == [generate(model, p, o) for p, o in zip(prompts, opts)]
+
+
+@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("sampling", [["-t", "0"], ["--seed", "9", "--repetition-penalty", "1.2"]])
+def test_cli_save_then_load_prints_one_runs_bytes(export_file, tmp_path, mode, sampling):
+    """mixer-run -n 70 --save-state, then --load-state -n 80: the two outputs make the one of
+    -n 150 (W = 64: both runs cross the boundary); the state file appears atomically."""
+    import subprocess
+    import sys
+    model = str(export_file("brief_100k_model"))
+    code = "from micromixer_edge.runtime.cli import main; main()"
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-c", code, model, "--context", mode, "--ignore-eos", *sampling, *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.removesuffix("\n")
+    whole = run("-p", "The little dog", "-n", "150")
+    first = run("-p", "The little dog", "-n", "70", "--save-state", str(tmp_path / "s.bin"))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.bin"]
+    second = run("--load-state", str(tmp_path / "s.bin"), "-n", "80")
+    assert first + second == whole
+    more = run("--load-state", str(tmp_path / "s.bin"), "-p", " and the cat", "-n", "40")
+    assert more == generate(MixerModel(model), "The little dog" + first + " and the cat",
+                            GenerateOptions.of(max_new_tokens=40, context=mode, ignore_eos=True, temperature=0)) \
+        or sampling[0] != "-t"

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..codec import encode_prompt
 from ..runtime.context import Context
-from ..runtime.generate import GenerateOptions, GenerationStats, generate
+from ..runtime.generate import GenerateOptions, GenerationStats, generate, stream
 from ..runtime.model import MixerModel
 from ..runtime.sampling import SamplingParams
 
@@ -51,6 +51,19 @@ def decode_tokens_per_s(model: MixerModel, tokens: int = NEW_TOKENS) -> float:
     stats = GenerationStats()
     generate(model, PROMPT, options, stats)
     return stats.tokens_per_s
+
+
+def long_decode(model: MixerModel, mode: str, tokens: int = 3000) -> tuple[float, float]:
+    """Greedy decoding of `tokens` bytes in a context mode, past several W boundaries: (bytes/s
+    over the whole run, the longest gap in ms between two consecutive pieces of text)."""
+    options = GenerateOptions(max_new_tokens=tokens, sampling=SamplingParams(temperature=0, ignore_eos=True),
+                              context=mode)
+    t0 = last = time.perf_counter()
+    gap = 0.0
+    for _ in stream(model, PROMPT, options):
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    return tokens / (last - t0), gap * 1e3
 
 
 def prefill_ms(model: MixerModel) -> float:
@@ -133,6 +146,10 @@ def bench_model(path: str, threads: int, repeats: int) -> dict:
         "cold_start_ms": Stat.of([c[0] * 1e3 for c in cold]),
         "peak_rss_mb": max(runner_process(path, NEW_TOKENS)[1] for _ in range(2)),
     }
+    runs = {mode: [long_decode(model, mode) for _ in range(repeats)] for mode in ("halve", "unbounded")}
+    for mode, r in runs.items():  # 3000 bytes: halve passes W many times
+        result[f"decode_3000_{mode}_tokens_per_s"] = Stat.of([x[0] for x in r])
+        result[f"decode_3000_{mode}_longest_gap_ms"] = max(x[1] for x in r)
     for b in (1, 8, 64):
         result[f"batch{b}_tokens_per_s"] = Stat.of(repeat(lambda: batch_tokens_per_s(many, b), repeats))
     step_ms = 1e3 / result["decode_tokens_per_s_1t"].median
