@@ -4,10 +4,8 @@
 """
 import argparse
 
+from micromixer_edge import MixerModel
 from micromixer_edge.export.api import export_checkpoint
-from micromixer_edge.runtime.engine import GenerateOptions
-from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.generate import generate
 
 parser = argparse.ArgumentParser()
 parser.add_argument("checkpoint", nargs="?", help="a MicroMixer-1 checkpoint (default: bundled 1m)")
@@ -15,5 +13,4 @@ parser.add_argument("--out", default="micromixer-example.onnx")
 args = parser.parse_args()
 
 export_checkpoint(size=None if args.checkpoint else "1m", checkpoint=args.checkpoint, output=args.out)
-model = MixerModel(args.out, threads=1)
-print(generate(model, "Once upon a time", GenerateOptions.of(max_new_tokens=200, temperature=0.8, seed=1)))
+print(MixerModel(args.out).generate("Once upon a time", max_new_tokens=200, temperature=0.8, seed=1))

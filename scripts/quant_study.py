@@ -19,10 +19,11 @@ from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.timing import step_tokens_per_s
 
 VARIANTS = {
-    "int8 blocks of 32 (default)": QuantOptions(mode="int8"),
-    "int8 blocks of 64": QuantOptions(mode="int8", int8_block_size=64),
-    "int8 blocks of 32, embedding float": QuantOptions(mode="int8", embedding=False),
-    "int8 weight-only (--target pi4)": QuantOptions(mode="weight-only"),
+    "int8, float arithmetic (default)": QuantOptions(mode="int8"),
+    "int8, embedding float": QuantOptions(mode="int8", embedding=False),
+    "int8-block, blocks of 32": QuantOptions(mode="int8-block"),
+    "int8-block, blocks of 64": QuantOptions(mode="int8-block", int8_block_size=64),
+    "int8-block, embedding float": QuantOptions(mode="int8-block", embedding=False),
     "int8 dynamic, per-tensor": QuantOptions(mode="dynamic"),
     "int8 dynamic, per-channel": QuantOptions(mode="dynamic", per_channel=True),
     "int8 static QDQ, per-tensor": QuantOptions(mode="static"),

@@ -1,10 +1,10 @@
-"""Properties of the runtime, for random inputs (hypothesis), and long-stream numerical stability."""
+"""Properties of the runtime, for random inputs (hypothesis), and long-stream numerical stability.
+(Chunking and batch invariance, float and quantized: test_faithful_int8.py.)"""
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ATOL, GOLDEN
+from conftest import GOLDEN
 from micromixer_edge.export.checkpoint import load_checkpoint
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.context import Context
@@ -12,46 +12,6 @@ from micromixer_edge.runtime.sampling import Sampler, SamplingParams
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 tokens = st.lists(st.integers(0, 255), min_size=1, max_size=60)
-
-
-@pytest.fixture(scope="module")
-def model(export_file):
-    return MixerModel(export_file("100k_model"))
-
-
-@SETTINGS
-@given(ids=tokens, cuts=st.lists(st.integers(1, 59), max_size=5))
-def test_chunks_one_call_and_steps_agree(model, ids, cuts):
-    ids = np.array(ids)
-    whole, s_whole = model.prefill(ids)
-    bounds = sorted({c for c in cuts if c < len(ids)}) + [len(ids)]
-    state, parts, start = model.new_state(), [], 0
-    for end in bounds:
-        logits, state = model.prefill(ids[start:end], state)
-        parts.append(logits[0])
-        start = end
-    np.testing.assert_allclose(np.concatenate(parts), whole[0], atol=ATOL, rtol=1e-5)
-    step_state, rows = model.new_state(), []
-    for t in ids:
-        logits, step_state = model.step([t], step_state)
-        rows.append(logits[0])
-    np.testing.assert_allclose(np.stack(rows), whole[0], atol=ATOL, rtol=1e-5)
-    np.testing.assert_allclose(state.sums, s_whole.sums, atol=1e-4, rtol=1e-5)
-
-
-@SETTINGS
-@given(rows=st.lists(st.tuples(st.lists(st.integers(3, 255), min_size=12, max_size=12),
-                               st.integers(0, 500)), min_size=2, max_size=4))
-def test_batch_rows_are_independent(model, rows):
-    """A row's logits do not depend on the other rows of the batch (nor on their positions)."""
-    ids = np.array([r[0] for r in rows])
-    state = model.new_state(len(rows))
-    state.position[:] = [r[1] for r in rows]
-    state.sums[:] = np.random.default_rng(len(rows)).normal(size=state.sums.shape).astype(np.float32)
-    together, _ = model.prefill(ids, state)
-    for i in range(len(rows)):
-        alone, _ = model.prefill(ids[i:i + 1], state.rows([i]))
-        np.testing.assert_allclose(together[i], alone[0], atol=ATOL, rtol=1e-5)
 
 
 @SETTINGS
