@@ -110,3 +110,11 @@ def test_refuses_bad_inputs(export_file, quantized, tmp_path):
                                catch_exceptions=True)
         assert result.exception is not None and message in str(result.exception), (args, result.output)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_selftest_vector_holds_for_every_scheme(quantized, mode):
+    """Each quantized file carries its own greedy bytes, and this machine reproduces them."""
+    from micromixer_edge.runtime.selftest import run_selftest
+    result = run_selftest(MixerModel(quantized[mode]))
+    assert result.passed and result.expected == 64, result.line()
