@@ -10,6 +10,6 @@ stamp=.venv/.micromixer-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned (torch==2.13.0, CPU build) in the export extra
-  .venv/bin/python -m pip install --quiet -e '.[export,hub,test]'
+  .venv/bin/python -m pip install --quiet -e '.[export,hub,serve,test]'
   touch "$stamp"
 fi

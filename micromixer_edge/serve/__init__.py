@@ -1,0 +1,3 @@
+"""mixer-serve: an OpenAI-compatible completion server on the decode engine (the [serve] extra).
+
+The runtime never imports this package."""

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install Debian's chromium for the playground test (idempotent; needs root for apt-get).
+set -euo pipefail
+if ! command -v chromium >/dev/null; then
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+fi
+command -v chromium

@@ -1,0 +1,235 @@
+"""mixer-serve with real clients on 127.0.0.1 and an ephemeral port: the official openai package,
+raw HTTP (httpx) for the bad-input matrix and dropped connections, and headless Chromium for the
+playground. Every server here is started by the test, bounded in time, and stopped."""
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.generate import generate
+from micromixer_edge.runtime.model import MixerModel
+
+pytest.importorskip("starlette")
+openai = pytest.importorskip("openai")
+
+
+class Served:
+    def __init__(self, model, *flags):
+        self.proc = subprocess.Popen([sys.executable, "-m", "micromixer_edge.serve.cli", str(model), "--port", "0",
+                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # "mixer-serve: listening on http://127.0.0.1:PORT"
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            self.proc.kill()
+            pytest.fail(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+        self.url = match.group(0)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=60, max_retries=0)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(bundled):
+    s = Served(bundled["int8"], "--max-batch", "32")
+    yield s
+    assert s.stop() == 0
+
+
+PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named", "Tom had a big red",
+           "The sun was", "Mom said,", "In the park there was a tall tree"]
+
+
+def _alone(model, prompt, n, seed, temperature=0.8, context="halve"):
+    return generate(model, prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, temperature=temperature,
+                                                      context=context))
+
+
+def test_openai_client_matches_mixer_run(server, bundled):
+    args = ["-p", "Once upon a time", "-n", "120", "--seed", "7", "--temperature", "0.9", "--top-k", "30"]
+    run = subprocess.run([sys.executable, "-c", "from micromixer_edge.runtime.cli import main; main()",
+                          str(bundled["int8"]), *args], capture_output=True, text=True, timeout=120)
+    want = run.stdout.removesuffix("\n")
+    kw = dict(model="i", prompt="Once upon a time", max_tokens=120, seed=7, temperature=0.9,
+              extra_body={"top_k": 30})
+    done = server.client.completions.create(**kw)
+    assert done.choices[0].text == want and done.choices[0].finish_reason in ("length", "stop")
+    assert done.usage.completion_tokens == len(want.encode()) or done.choices[0].finish_reason == "stop"
+    pieces = list(server.client.completions.create(stream=True, **kw))
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == want
+    assert pieces[-1].choices[0].finish_reason in ("length", "stop")
+    assert [m.id for m in server.client.models.list().data] == [bundled["int8"].stem]
+
+
+def test_stop_strings_and_context_extensions(server, bundled):
+    model = MixerModel(bundled["int8"])
+    for prompt, context in (("Lily and Ben", "window"), ("The sun was", "unbounded")):
+        got = server.client.completions.create(model="i", prompt=prompt, max_tokens=300, temperature=0,
+                                               stop=[".", "!"], extra_body={"context": context})
+        want = generate(model, prompt, GenerateOptions.of(max_new_tokens=300, temperature=0, stop=[".", "!"],
+                                                          context=context))
+        assert got.choices[0].text == want and got.choices[0].finish_reason == "stop"
+
+
+def _stream(url, prompt, n, seed, drop_after=None):
+    """Raw SSE over httpx; returns (text, finish_reason, usage) or the chunks seen before dropping."""
+    body = {"prompt": prompt, "max_tokens": n, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    text, finish, usage, chunks = [], None, None, 0
+    with httpx.Client(timeout=60) as client, client.stream("POST", url + "/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            doc = json.loads(line[6:])
+            usage = doc.get("usage") or usage
+            for choice in doc["choices"]:
+                text.append(choice["text"])
+                finish = choice["finish_reason"] or finish
+            chunks += 1
+            if drop_after is not None and chunks >= drop_after:
+                return "".join(text), "dropped", None
+    return "".join(text), finish, usage
+
+
+def _metric(url, name):
+    text = httpx.get(url + "/metrics").text
+    return sum(float(v) for k, v in re.findall(rf"^({name}(?:{{[^}}]*}})?) (\S+)$", text, re.M))
+
+
+def test_32_concurrent_streams_equal_each_alone(server, bundled):
+    model = MixerModel(bundled["int8"])
+    before = _metric(server.url, "mixer_tokens_generated_total")
+    jobs = [(PROMPTS[i % 8] + " " * (i // 8), 200, 1000 + i) for i in range(32)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda j: _stream(server.url, *j), jobs))
+    for (prompt, n, seed), (text, finish, usage) in zip(jobs, results):
+        assert text == _alone(model, prompt, n, seed), prompt
+        assert finish in ("length", "stop") and usage["completion_tokens"] <= n
+    generated = sum(u["completion_tokens"] for _, _, u in results)
+    assert _metric(server.url, "mixer_tokens_generated_total") - before == generated
+
+
+def test_dropped_connections_free_their_rows(server, bundled):
+    model = MixerModel(bundled["int8"])
+    jobs = [(PROMPTS[i % 8], 400 if i % 2 else 150, 50 + i, 20 if i % 2 else None) for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda j: _stream(server.url, *j), jobs))
+    for (prompt, n, seed, drop), (text, finish, _) in zip(jobs, results):
+        if drop is None:
+            assert text == _alone(model, prompt, n, seed) and finish in ("length", "stop")
+        else:
+            assert finish == "dropped"
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "active_rows": 0, "queued_requests": 0,
+                                                        "model": bundled["int8"].stem}
+
+
+BAD = [  # (method, path, body, status, param)
+    ("POST", "/v1/completions", b"{not json", 400, None),
+    ("POST", "/v1/completions", b"[1, 2]", 400, None),
+    ("POST", "/v1/completions", {"max_tokens": 5}, 400, "prompt"),
+    ("POST", "/v1/completions", {"prompt": 42}, 400, "prompt"),
+    ("POST", "/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
+    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 10 ** 6}, 400, "max_tokens"),
+    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ("POST", "/v1/completions", {"prompt": "x", "temperature": -0.5}, 400, "temperature"),
+    ("POST", "/v1/completions", {"prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("POST", "/v1/completions", {"prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ("POST", "/v1/completions", {"prompt": "x", "top_k": -2}, 400, "top_k"),
+    ("POST", "/v1/completions", {"prompt": "x", "min_p": 3}, 400, "min_p"),
+    ("POST", "/v1/completions", {"prompt": "x", "repeat_penalty": 0}, 400, "repeat_penalty"),
+    ("POST", "/v1/completions", {"prompt": "x", "stop": 5}, 400, "stop"),
+    ("POST", "/v1/completions", {"prompt": "x", "stop": ["a", 1]}, 400, "stop"),
+    ("POST", "/v1/completions", {"prompt": "x", "seed": "7"}, 400, "seed"),
+    ("POST", "/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("POST", "/v1/completions", {"prompt": "x", "context": "sliding"}, 400, "context"),
+    ("POST", "/v1/completions", {"prompt": "x", "n": 3}, 400, "n"),
+    ("POST", "/v1/completions", {"prompt": "x" * 70000}, 413, "prompt"),
+    ("GET", "/v1/nothing", None, 404, None),
+    ("GET", "/etc/passwd", None, 404, None),
+    ("GET", "/../../etc/passwd", None, 404, None),
+    ("GET", "/v1/completions", None, 405, None),
+    ("DELETE", "/health", None, 405, None),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, param", BAD)
+def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(server, method, path, body, status, param):
+    content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    r = httpx.request(method, server.url + path, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+    ok = server.client.completions.create(model="i", prompt="Hi", max_tokens=3, temperature=0)
+    assert len(ok.choices[0].text.encode()) <= 3 and server.proc.poll() is None
+
+
+def test_queue_full_is_429_with_retry_after(bundled):
+    s = Served(bundled["int8"], "--max-batch", "1", "--max-queue", "1")
+    try:
+        body = {"prompt": "Once", "max_tokens": 2000, "temperature": 0}
+        with httpx.Client(timeout=30) as c:
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(c.post, s.url + "/v1/completions", json=body) for _ in range(4)]
+                codes = sorted(f.result().status_code for f in futures)
+            busy = next(f.result() for f in futures if f.result().status_code == 429)
+        assert codes.count(200) >= 2 and 429 in codes
+        assert busy.headers["Retry-After"] == "1" and busy.json()["error"]["message"]
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_ends_streams_with_a_final_event_and_exits_0(bundled):
+    s = Served(bundled["int8"], "--shutdown-seconds", "3")
+    events = []
+    body = {"prompt": "Once", "max_tokens": 4000, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=30) as c, c.stream("POST", s.url + "/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 30:
+                    s.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert s.stop(timeout=10) == 0 and time.monotonic() - t0 < 10
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+    assert 30 <= len(events) < 4000
+
+
+def test_playground_in_headless_chromium(server, tmp_path):
+    """Debian's chromium loads the page, which submits its prompt (autorun) and streams the text."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "..", "scripts", "browser-setup.sh")],
+                       check=True, capture_output=True, timeout=600)
+        chromium = shutil.which("chromium")
+    page = httpx.get(server.url + "/").text
+    assert "<script>" in page and "http" not in page.split("<script>")[1].replace("http://127", "")  # no CDN
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000"]
+    url = server.url + "/?prompt=Once%20upon%20a%20time&max_tokens=40&autorun=1"
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    out = re.search(r'<div id="out"[^>]*>(.*?)</div>', dom, re.S)
+    assert out, dom[-2000:]
+    assert out.group(1).startswith("Once upon a time") and len(out.group(1)) >= len("Once upon a time") + 10
+    shot = tmp_path / "playground.png"  # a look for people: not kept in git
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=900,700", url],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 1000
