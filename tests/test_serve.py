@@ -233,3 +233,14 @@ def test_playground_in_headless_chromium(server, tmp_path):
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=900,700", url],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 1000
+
+
+def test_float_model_served_equals_generate(bundled):
+    s = Served(bundled["float"])
+    try:
+        model = MixerModel(bundled["float"])
+        for i, prompt in enumerate(PROMPTS[:4]):
+            got = s.client.completions.create(model="f", prompt=prompt, max_tokens=150, seed=i, temperature=0.8)
+            assert got.choices[0].text == _alone(model, prompt, 150, i)
+    finally:
+        assert s.stop() == 0
