@@ -49,7 +49,7 @@ def _emulated(sysroot, cpu, cmd, cwd):
 def bundle(bundled, sysroot, tmp_path_factory):
     """The float and quantized models, packed and installed on the emulated board with install.sh."""
     d = tmp_path_factory.mktemp("arm")
-    out = make_bundle(bundled["float"], d / "bundle")
+    out = make_bundle(bundled["float"], d / "bundle", serve=True)
     for kind in KINDS[1:]:
         shutil.copy2(bundled[kind], out / f"{kind}.onnx")
     proc = _emulated(sysroot, "cortex-a72", ["sh", "./install.sh"], out)  # python3: the arm64 one
@@ -119,3 +119,35 @@ def test_pi4_is_told_about_the_slow_path(bundle, emulated_ids):
     assert "--target pi4" in emulated_ids["cortex-a72"][str(bundle["int8-block"])]["note"]
     assert emulated_ids["cortex-a76"][str(bundle["int8-block"])]["note"] is None
     assert emulated_ids["cortex-a72"][str(bundle["int8"])]["note"] is None
+
+
+def test_the_server_runs_from_the_bundle_on_the_emulated_pi5(sysroot, bundle, bundled):
+    """mixer-serve, installed by the bundle (mixer-pack --serve), answers one completion under
+    QEMU (Cortex-A76) with the bytes this machine generates."""
+    import re
+    import signal
+    import httpx
+    from micromixer_edge.runtime.engine import GenerateOptions
+    from micromixer_edge.runtime.generate import generate
+    cpuinfo = os.path.join(os.path.dirname(sysroot), CPUS["cortex-a76"])
+    env = {"PATH": os.path.join(sysroot, "usr", "bin") + ":/usr/bin:/bin", "QEMU_LD_PREFIX": sysroot,
+           "QEMU_CPU": "cortex-a76", "HOME": str(bundle["dir"])}
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/cpuinfo && exec "$@"', cpuinfo,
+                             ".venv/bin/mixer-serve", str(bundle["int8"]), "--port", "0"],
+                            cwd=bundle["dir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url, (line, proc.stderr.read()[-2000:] if proc.poll() is not None else "")
+        r = httpx.post(url.group(0) + "/v1/completions", timeout=300,
+                       json={"prompt": "Once upon a time", "max_tokens": 60, "temperature": 0})
+        want = generate(MixerModel(bundle["int8"]), "Once upon a time",
+                        GenerateOptions.of(max_new_tokens=60, temperature=0))
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -88,7 +88,8 @@ def test_stop_strings_and_context_extensions(server, bundled):
 
 def _stream(url, prompt, n, seed, drop_after=None):
     """Raw SSE over httpx; returns (text, finish_reason, usage) or the chunks seen before dropping."""
-    body = {"prompt": prompt, "max_tokens": n, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"prompt": prompt, "max_tokens": n, "seed": seed, "stream": True, "stream_options": {"include_usage": True},
+            "ignore_eos": drop_after is not None}  # a stream to drop runs until it is dropped
     text, finish, usage, chunks = [], None, None, 0
     with httpx.Client(timeout=60) as client, client.stream("POST", url + "/v1/completions", json=body) as r:
         for line in r.iter_lines():
@@ -125,7 +126,7 @@ def test_32_concurrent_streams_equal_each_alone(server, bundled):
 
 def test_dropped_connections_free_their_rows(server, bundled):
     model = MixerModel(bundled["int8"])
-    jobs = [(PROMPTS[i % 8], 400 if i % 2 else 150, 50 + i, 20 if i % 2 else None) for i in range(16)]
+    jobs = [(PROMPTS[i % 8], 4000 if i % 2 else 150, 50 + i, 20 if i % 2 else None) for i in range(16)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda j: _stream(server.url, *j), jobs))
     for (prompt, n, seed, drop), (text, finish, _) in zip(jobs, results):
@@ -159,6 +160,7 @@ BAD = [  # (method, path, body, status, param)
     ("POST", "/v1/completions", {"prompt": "x", "stop": ["a", 1]}, 400, "stop"),
     ("POST", "/v1/completions", {"prompt": "x", "seed": "7"}, 400, "seed"),
     ("POST", "/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("POST", "/v1/completions", {"prompt": "x", "ignore_eos": 1}, 400, "ignore_eos"),
     ("POST", "/v1/completions", {"prompt": "x", "context": "sliding"}, 400, "context"),
     ("POST", "/v1/completions", {"prompt": "x", "n": 3}, 400, "n"),
     ("POST", "/v1/completions", {"prompt": "x" * 70000}, 413, "prompt"),

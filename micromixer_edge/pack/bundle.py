@@ -26,6 +26,7 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_
 PYTHON_VERSION = "3.11"  # Raspberry Pi OS bookworm
 BAD_ORT = "1.21.0"       # crashes with "Illegal instruction" on the Pi's aarch64
 RUNTIME_DEPS = ("numpy", "onnxruntime", "click")
+SERVE_DEPS = ("starlette", "uvicorn", "prometheus-client")  # pure Python: any aarch64 board
 
 
 def _pip(*args: str) -> None:
@@ -43,14 +44,15 @@ def project_root() -> Path:
     return root
 
 
-def _wheels(dest: Path, with_deps: bool) -> list[str]:
+def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
     """Build our wheel; download aarch64 wheels of the dependencies. Returns pinned requirements."""
     _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(project_root()))
+    deps = RUNTIME_DEPS + (SERVE_DEPS if serve else ())
     if not with_deps:
-        return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in RUNTIME_DEPS]
+        return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in deps]
     plats = [a for p in PLATFORMS for a in ("--platform", p)]
     _pip("download", "--quiet", "--dest", str(dest), "--only-binary=:all:", "--python-version",
-         PYTHON_VERSION, *plats, "--platform", "any", *RUNTIME_DEPS, f"onnxruntime!={BAD_ORT}")
+         PYTHON_VERSION, *plats, "--platform", "any", *deps, f"onnxruntime!={BAD_ORT}")
     pins = []
     for whl in sorted(dest.glob("*.whl")):
         name, version = whl.name.split("-")[:2]
@@ -61,12 +63,12 @@ def _wheels(dest: Path, with_deps: bool) -> list[str]:
     return pins
 
 
-def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict) -> None:
+def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict, serve: bool = False) -> None:
     templates = resources.files("micromixer_edge.pack") / "templates"
     (root / "requirements.txt").write_text(
         "# aarch64 (Raspberry Pi OS 64-bit), Python 3.11; onnxruntime 1.21.0 crashes on the Pi\n"
         + "\n".join(pins) + "\n")
-    for name in ("install.sh", "run.sh", "README.md"):
+    for name in ("install.sh", "run.sh", "README.md") + (("micromixer-serve.service",) if serve else ()):
         text = (templates / name).read_text().replace("@MODEL@", model_name)
         text = text.replace("@SIZE@", str(meta["size"])).replace("@QUANT@", str(meta["quantization"]))
         (root / name).write_text(text)
@@ -79,7 +81,8 @@ def model_scheme(model_path: str | os.PathLike) -> str:
     return MixerModel(model_path).meta["quantization"]
 
 
-def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_deps: bool = True) -> Path:
+def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_deps: bool = True,
+                serve: bool = False) -> Path:
     """Write the bundle as a directory, or as a .tar.gz when `output` ends so; atomically."""
     model = MixerModel(model_path)  # refuses anything that is not a MicroMixer export
     out = Path(output)
@@ -93,8 +96,8 @@ def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_d
         root = Path(tmp) / name
         (root / "wheels").mkdir(parents=True)
         shutil.copy2(model_path, root / Path(model_path).name)
-        pins = _wheels(root / "wheels", with_deps)
-        _write_scripts(root, Path(model_path).name, pins, model.meta)
+        pins = _wheels(root / "wheels", with_deps, serve)
+        _write_scripts(root, Path(model_path).name, pins, model.meta, serve)
         if tarball:
             with tarfile.open(Path(tmp) / "bundle.tar.gz", "w:gz") as tar:
                 tar.add(root, arcname=name)

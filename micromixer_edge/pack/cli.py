@@ -15,9 +15,11 @@ from ..format import NEEDS_DOT_PRODUCT, TARGETS
               help="Bundle to write: a directory, or a file ending in .tar.gz.")
 @click.option("--no-deps", is_flag=True,
               help="Leave out the aarch64 wheels of numpy/onnxruntime/click (the board then fetches them).")
+@click.option("--serve", is_flag=True,
+              help="Also bundle mixer-serve's dependencies and a systemd unit (./install.sh --service).")
 @click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
               help="The board: pi4 warns about schemes that need the int8 dot product it lacks.")
-def pack_command(model_path, output, no_deps, target):
+def pack_command(model_path, output, no_deps, serve, target):
     """Bundle a model with the runtime for a Raspberry Pi (64-bit OS): copy, install, self-test."""
     from .bundle import make_bundle, model_scheme
     scheme = model_scheme(model_path)
@@ -28,7 +30,7 @@ def pack_command(model_path, output, no_deps, target):
     elif scheme in NEEDS_DOT_PRODUCT:
         click.echo(f"note: {scheme} needs the int8 dot product (Pi 5); for a Pi 4 pack a model made "
                    "with mixer-quantize --target pi4", err=True)
-    out = make_bundle(model_path, output, with_deps=not no_deps)
+    out = make_bundle(model_path, output, with_deps=not no_deps, serve=serve)
     click.echo(f"wrote {out}: copy it to the board, then run ./install.sh there")
 
 

@@ -46,6 +46,7 @@ FIELDS = {
     "repeat_penalty": ((int, float), lambda v, s: 0 < v <= 10, "a number in (0, 10]"),
     "seed": (int, lambda v, s: -2**63 <= v < 2**63, "an integer"),
     "stream": (bool, lambda v, s: True, "true or false"),
+    "ignore_eos": (bool, lambda v, s: True, "true or false"),
     "context": (str, lambda v, s: v in CONTEXT_MODES, "one of " + ", ".join(CONTEXT_MODES)),
 }
 
@@ -76,7 +77,8 @@ def parse(body: bytes, settings: Settings) -> tuple[str, GenerateOptions, bool, 
     if req.get("n", 1) != 1:
         raise BadRequest(400, "n must be 1", "n")
     sampling = {k: req[f] for k, f in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                                       ("min_p", "min_p"), ("repetition_penalty", "repeat_penalty"))
+                                       ("min_p", "min_p"), ("repetition_penalty", "repeat_penalty"),
+                                       ("ignore_eos", "ignore_eos"))
                 if req.get(f) is not None}
     try:
         options = GenerateOptions.of(max_new_tokens=req.get("max_tokens", 16), seed=req.get("seed"), stop=stop,
@@ -140,9 +142,15 @@ class Server:
         client goes away, Starlette cancels this generator and the row leaves the step."""
         try:
             while True:
-                item = await job.out.get()
-                if item[0] == "piece":
-                    yield self.chunk(cid, created, item[1], None)
+                item, text = await job.out.get(), []
+                while item[0] == "piece":  # all the text there is now, as one event
+                    text.append(item[1])
+                    item = job.out.get_nowait() if not job.out.empty() else None
+                    if item is None:
+                        break
+                if text:
+                    yield self.chunk(cid, created, "".join(text), None)
+                if item is None:
                     continue
                 _, reason, usage = item
                 yield self.chunk(cid, created, "", FINISH[reason])

@@ -31,8 +31,14 @@ class Job:
     cancelled: bool = False
     ended: bool = False
 
-    def send(self, *item) -> None:
-        self.aio.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+FLUSH_SECONDS = 0.02  # text reaches the event loop at most 50 times a second: one wake-up for all rows
+
+
+def _deliver(items) -> None:
+    for job, item in items:
+        job.out.put_nowait(item)
 
 
 class DecodeLoop:
@@ -43,6 +49,8 @@ class DecodeLoop:
         self._cancel: list[Job] = []
         self._wake = threading.Condition()
         self._running, self.accepting = True, True
+        self._outbox: list = []   # (job, item) waiting for the next flush
+        self._flushed = 0.0
         self._thread = threading.Thread(target=self._run, name="mixer-decode", daemon=True)
 
     # --- called from the event loop ------------------------------------------------------------
@@ -88,6 +96,8 @@ class DecodeLoop:
     # --- the decode thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            if not self.engine.rows:
+                self._flush(force=True)
             with self._wake:
                 while self._running and not (self._waiting or self._cancel or self._jobs):
                     self._wake.wait()
@@ -108,6 +118,18 @@ class DecodeLoop:
                 self.metrics.step_seconds.observe(time.perf_counter() - t0)
                 for row in touched:
                     self._emit(self._jobs[row.id], row)
+                self._flush()
+
+    def _post(self, job: Job, *item) -> None:
+        self._outbox.append((job, item))
+
+    def _flush(self, force: bool = False) -> None:
+        """Hand the pending text to the event loop: one call_soon_threadsafe for every row, at
+        most every FLUSH_SECONDS (a wake-up per row and byte would cost more than the step)."""
+        now = time.perf_counter()
+        if self._outbox and (force or now - self._flushed >= FLUSH_SECONDS):
+            items, self._outbox, self._flushed = self._outbox, [], now
+            items[0][0].aio.call_soon_threadsafe(_deliver, items)
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
@@ -119,7 +141,7 @@ class DecodeLoop:
 
     def _emit(self, job: Job, row: Row) -> None:
         if row.pieces:
-            job.send("piece", "".join(row.pieces))
+            self._post(job, "piece", "".join(row.pieces))
             row.pieces.clear()
         if row.finish_reason:
             self._end(job, row.finish_reason)
@@ -133,7 +155,7 @@ class DecodeLoop:
             self.engine.cancel(row)  # leaves between steps (a no-op for a finished row)
             self._jobs.pop(row.id, None)
             if row.pieces:
-                job.send("piece", "".join(row.pieces))
+                self._post(job, "piece", "".join(row.pieces))
                 row.pieces.clear()
         elif job in self._waiting:
             self._waiting.remove(job)
@@ -141,5 +163,5 @@ class DecodeLoop:
         tokens = row.stats.new_tokens if row is not None else 0
         prompt = row.stats.prompt_tokens if row is not None else 0
         self.metrics.finished(reason, tokens)
-        job.send("done", reason, {"prompt_tokens": prompt, "completion_tokens": tokens,
-                                  "total_tokens": prompt + tokens})
+        self._post(job, "done", reason, {"prompt_tokens": prompt, "completion_tokens": tokens,
+                                         "total_tokens": prompt + tokens})
