@@ -42,3 +42,14 @@ def test_pi4_target_warns_about_the_dot_product_scheme(bundled, tmp_path):
     quiet = runner.invoke(pack_command, [str(bundled["int8"]), "-o", str(tmp_path / "b"), "--no-deps",
                                          "--target", "pi4"])
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def test_serve_bundle_has_the_server_deps_and_a_unit(export_file, tmp_path):
+    model = export_file("brief_100k_model")
+    result = CliRunner().invoke(pack_command, [str(model), "-o", str(tmp_path / "b"), "--no-deps", "--serve"])
+    assert result.exit_code == 0, result.output
+    requirements = (tmp_path / "b" / "requirements.txt").read_text()
+    assert all(dep in requirements for dep in ("starlette", "uvicorn", "prometheus-client"))
+    unit = (tmp_path / "b" / "micromixer-serve.service").read_text()
+    assert f'mixer-serve "@DIR@/{model.name}"' in unit and "WantedBy=multi-user.target" in unit
+    assert "--service" in (tmp_path / "b" / "install.sh").read_text()
