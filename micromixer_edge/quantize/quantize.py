@@ -180,21 +180,22 @@ def _int8_block(model, meta, options: QuantOptions) -> onnx.ModelProto:
     q.process()
     out = q.model.model
     fold_matmul_bias(out)
-    if options.embedding:
-        for name in _table_names(out):
-            int8_constant(out, name, axis=0)  # one scale and zero point per byte's row
-    return out
+    return _int8_tables(out, options)
 
 
 def _weight_only(model, meta, options: QuantOptions) -> onnx.ModelProto:
     """Standard ONNX: every MatMul weight int8 per output column, the tables per row."""
-    groups = matmul_groups(model, meta["hyper_hidden_dim"])
-    skip = {n for part in options.float_parts for n in groups[part]}
+    skip = set(_exclusions(model, meta, options))
     inits = {t.name: t for t in model.graph.initializer}
     weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.name not in skip
                and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
     for name in sorted(weights):
         int8_constant(model, name, axis=1)
+    return _int8_tables(model, options)
+
+
+def _int8_tables(model: onnx.ModelProto, options: QuantOptions) -> onnx.ModelProto:
+    """Both int8 schemes: the embedding tables int8, one scale and zero point per byte's row."""
     if options.embedding:
         for name in _table_names(model):
             int8_constant(model, name, axis=0)

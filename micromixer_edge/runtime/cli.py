@@ -78,10 +78,10 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
     if selftest:
         from .selftest import run_selftest
         model = MixerModel(model_path, threads, backend)
-        result = run_selftest(model)
+        result, note = run_selftest(model), slow_path_note(model)
         click.echo(result.line())
-        if slow_path_note(model):
-            click.echo(slow_path_note(model))
+        if note:
+            click.echo(note)
         if not result.passed:
             raise SystemExit(1)
         return
@@ -95,8 +95,9 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
         check_output_path(save_state, model_path)
     state = Path(load_state).read_bytes() if load_state else None
     model = MixerModel(model_path, threads, backend)
-    if slow_path_note(model):
-        click.echo(slow_path_note(model), err=True)
+    note = slow_path_note(model)
+    if note:
+        click.echo(note, err=True)
     if state is not None or save_state:
         return _generate_once(model, prompt or "", options, echo, stats, state, save_state)
     if prompt is None:

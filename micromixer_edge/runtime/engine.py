@@ -21,9 +21,8 @@ import time
 
 import numpy as np
 
-from ..format import MixerError, EOS_ID
 from ..codec import encode_prompt
-from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE, EOS_ID, MixerError
 from . import snapshot
 from .model import MixerModel, State
 from .sampling import Sampler, SamplingParams
@@ -87,9 +86,9 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
         if len(new) < keep:
             raise MixerError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
     state = state if state is not None else model.new_state(1)
-    logits = None
-    for i in range(0, len(new), FOLD_CHUNK if mode == "unbounded" else W):
-        logits, state = model.run(np.asarray([new[i:i + (FOLD_CHUNK if mode == "unbounded" else W)]], np.int64), state)
+    logits, chunk = None, FOLD_CHUNK if mode == "unbounded" else W
+    for i in range(0, len(new), chunk):
+        logits, state = model.run(np.asarray([new[i:i + chunk]], np.int64), state)
     return (None if logits is None else logits[0, -1].copy()), state
 
 
@@ -259,23 +258,18 @@ class Engine:
         refold = self._boundaries() if any(r.position >= r.event for r in rows) else ()
         if self._stepper is None:
             self._attach()
-        if self._single and not refold:  # the batch-1 hot path: scalar stores, no copies
-            row = rows[0]
-            row.logits, row.unfolded = self._stepper.step_one(row.last), False
-            row.position += 1
-            if row.event < W + 1:  # window and halve keep the tokens they may re-fold
-                row.history.append(row.last)
-                if len(row.history) > 2 * W:
-                    del row.history[:-W]
-            return
         logits = self._stepper.step([r.last for r, _ in self._slots])
         for i, row in enumerate(rows):
             row.logits = self._refold(i, row) if i in refold else logits[i].copy()
             row.unfolded, row.position = False, row.position + 1 if i not in refold else W
-            if row.options.context != "unbounded":
-                row.history.append(row.last)
-                if len(row.history) > 2 * W:
-                    del row.history[:-W]
+            self._remember(row)
+
+    def _remember(self, row: Row) -> None:
+        """window and halve keep the latest tokens, which they may re-fold (trimmed now and then)."""
+        if row.event <= self.W:
+            row.history.append(row.last)
+            if len(row.history) > 2 * self.W:
+                del row.history[:-self.W]
 
     def _boundaries(self) -> set[int]:
         """Rows at their mode's next boundary: a halve row's shadow starts at W/2 and takes over
@@ -373,24 +367,19 @@ class Engine:
     def _run_single(self):
         """The batch-1 hot path of run() (mixer-run's loop): `step` for one row (and its halve
         shadow) with the bookkeeping inlined; boundaries and the row's end take the general path."""
-        row, W = self.rows[0], self.W
+        row, remember = self.rows[0], self._remember
         step_one = self._stepper.step_one if self._single else self._stepper.step_shadowed
-        sample, pieces, history = self._sample, row.pieces, row.history
-        keep, t0, n = row.event <= W, time.perf_counter(), 0
+        sample, pieces, t0 = self._sample, row.pieces, time.perf_counter()
         try:
             while True:
                 row.last = sample(row)
-                n += 1
                 while pieces:
                     yield row, pieces.pop(0)
                 if row.finish_reason is not None or row.position >= row.event:
                     return self._leave_single(row)
                 row.logits = step_one(row.last)
                 row.unfolded, row.position = False, row.position + 1
-                if keep:
-                    history.append(row.last)
-                    if len(history) > 2 * W:
-                        del history[:-W]
+                remember(row)
         finally:
             row.stats.decode_s += time.perf_counter() - t0
 

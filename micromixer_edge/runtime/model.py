@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import format as fmt
+from .sampling import SamplingParams
 
 try:
     import onnxruntime as ort
@@ -137,9 +138,10 @@ class MixerModel:
         return logits[:, 0], state
 
     # --- the one-line API (llama-cpp-python's create_completion shape) ------------------------
-    def generate(self, prompt: str | bytes, max_new_tokens: int = 256, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
-                 seed: int | None = None, stop: str | tuple[str, ...] = (),
+    def generate(self, prompt: str | bytes, max_new_tokens: int = 256,
+                 temperature: float = SamplingParams.temperature, top_k: int = SamplingParams.top_k,
+                 top_p: float = SamplingParams.top_p, min_p: float = SamplingParams.min_p,
+                 repetition_penalty: float = SamplingParams.repetition_penalty, seed: int | None = None, stop: str | tuple[str, ...] = (),
                  context: str = fmt.DEFAULT_CONTEXT_MODE, stream: bool = False, **sampling):
         """The continuation of `prompt` as text; with stream=True, an iterator of text pieces."""
         from .generate import GenerateOptions, generate, stream as pieces
