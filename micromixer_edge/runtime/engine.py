@@ -8,10 +8,12 @@ graph's rows are independent, and the default int8 is too (docs/format.md).
 Past max_seq_len (W), per row:
 - unbounded: never reset.
 - window:    the original's semantics: each new token re-folds the last W tokens (its own call).
-- halve:     the state restarts from the last W/2 tokens whenever it holds W. No pause: from
-             position W/2 on, a *shadow* slot folds the same tokens from position 0 in the same
-             call, and at W it takes over: it then holds exactly what a one-call re-fold would make
-             (one call = token by token, bit for bit).
+- halve:     the state restarts from the last W/2 tokens whenever it holds W. In a batch, one call
+             re-folds them at W. A lone row (mixer-run, one stream) has no pause: from position W/2
+             on, a *shadow* slot folds the same tokens from position 0 in the same call, and at W it
+             takes over: it then holds exactly what the re-fold would make (one call = token by
+             token, bit for bit). In a batch a shadow would double each row's work, where a re-fold
+             costs one call per W/2 bytes.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from ..codec import encode_prompt
 from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE, EOS_ID, MixerError
 from . import snapshot
 from .model import MixerModel, State
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, sample_rows
 from .textstream import TextStream
 
 FOLD_CHUNK = 4096  # unbounded prompts fold in calls of this many tokens
@@ -148,9 +150,8 @@ class Engine:
         if prompt and row.options.sampling.repeat_last_n:
             row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
         row.shadow = None
-        if mode == "halve" and row.position > self.W // 2:  # the shadow's tokens since W/2
-            _, s = fold(self.model, row.history[-(row.position - self.W // 2):], "unbounded")
-            row.shadow = (s.sums[:, 0].copy(), int(s.position[0]))
+        if mode == "halve" and row.position >= self.W // 2:
+            self._start_shadow(row)
         if prompt:
             row.stats.prompt_tokens += len(ids)
             row.stats.prefill_s += time.perf_counter() - t0
@@ -204,13 +205,14 @@ class Engine:
         produced text or finished (see their `pieces` and `finish_reason`)."""
         if not self.rows:
             return []
-        t0, touched, finished = time.perf_counter(), [], False
-        for row in self.rows:
-            row.last = self._sample(row)
+        t0, touched, finished, rows = time.perf_counter(), [], False, self.rows
+        logits = np.stack([r.logits for r in rows])  # (B, V): one sampling pass for every row
+        tokens = sample_rows([r.sampler for r in rows], logits, [r.recent for r in rows])
+        for row, token in zip(rows, tokens):
+            row.last = self._accept(row, token)
             if row.pieces or row.finish_reason:
                 touched.append(row)
                 finished = finished or row.finish_reason is not None
-        rows = self.rows
         if finished:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
@@ -222,8 +224,11 @@ class Engine:
         return touched
 
     def _sample(self, row: Row) -> int:
+        return self._accept(row, row.sampler.sample(row.logits, row.recent))
+
+    def _accept(self, row: Row, token: int) -> int:
+        """The row's sampled byte: stats, repetition window, text, and whether the row ends."""
         opts = row.options
-        token = row.sampler.sample(row.logits, row.recent)
         if token == EOS_ID and not opts.sampling.ignore_eos:
             row.finish_reason = "stop"
             self._finish_text(row)
@@ -255,13 +260,16 @@ class Engine:
     def _feed(self) -> None:
         """Fold each live row's new token: one call for all, plus window re-folds past W."""
         rows, W = self.rows, self.W
-        refold = self._boundaries() if any(r.position >= r.event for r in rows) else ()
+        refold = self._boundaries() if any(r.position >= r.event for r in rows) else {}
         if self._stepper is None:
             self._attach()
         logits = self._stepper.step([r.last for r, _ in self._slots])
         for i, row in enumerate(rows):
-            row.logits = self._refold(i, row) if i in refold else logits[i].copy()
-            row.unfolded, row.position = False, row.position + 1 if i not in refold else W
+            if i in refold:
+                row.logits, row.position = self._refold(i, row, refold[i]), refold[i] + 1
+            else:
+                row.logits, row.position = logits[i].copy(), row.position + 1
+            row.unfolded = False
             self._remember(row)
 
     def _remember(self, row: Row) -> None:
@@ -271,21 +279,34 @@ class Engine:
             if len(row.history) > 2 * self.W:
                 del row.history[:-self.W]
 
-    def _boundaries(self) -> set[int]:
-        """Rows at their mode's next boundary: a halve row's shadow starts at W/2 and takes over
-        at W; a window row past W re-folds (the returned indices). Updates each row's `event`."""
-        W, refold = self.W, set()
+    def _boundaries(self) -> dict[int, int]:
+        """Rows at their mode's next boundary; returns {row index: tokens its re-fold keeps before
+        the new one}: window rows past W, halve rows at W without a shadow. A lone halve row's
+        shadow starts at W/2 and takes over at W. Updates each row's `event`."""
+        W, refold = self.W, {}
         for i, row in enumerate(self.rows):
             mode = row.options.context
-            if mode == "halve" and row.position >= W:  # the shadow holds the last W/2 tokens
-                self._take_over(i, row)
-            if mode == "halve" and row.shadow is None and row.position >= W // 2:
+            if mode == "halve" and row.position >= W:
+                if row.shadow is not None:  # the shadow holds the last W/2 tokens
+                    self._take_over(i, row)
+                else:
+                    refold[i] = W // 2
+            if mode == "halve" and row.shadow is None and row.position == W // 2 and len(self.rows) == 1:
                 self._detach()
-                row.shadow = (np.zeros_like(row.sums), 0)
+                self._start_shadow(row)
             if mode == "window" and row.position >= W:
-                refold.add(i)
+                refold[i] = W - 1
             self._set_event(row)
         return refold
+
+    def _start_shadow(self, row: Row) -> None:
+        """halve: a slot that folds the row's tokens since W/2 from position 0."""
+        since = row.position - self.W // 2
+        if since == 0:
+            row.shadow = (np.zeros_like(row.sums), 0)
+            return
+        _, s = fold(self.model, row.history[-since:], "unbounded")
+        row.shadow = (s.sums[:, 0].copy(), int(s.position[0]))
 
     def _take_over(self, i: int, row: Row) -> None:
         """The shadow's state becomes the row's, and the shadow starts again from position 0 in
@@ -302,11 +323,11 @@ class Engine:
     def _set_event(self, row: Row) -> None:
         mode, W = row.options.context, self.W
         row.event = (float("inf") if mode == "unbounded" else
-                     W // 2 if mode == "halve" and row.shadow is None else W)
+                     W // 2 if mode == "halve" and row.shadow is None and row.position < W // 2 else W)
 
-    def _refold(self, i: int, row: Row) -> np.ndarray:
-        """window past W: the last W-1 tokens and the new one, from position 0, in one call."""
-        block = np.asarray([row.history[-(self.W - 1):] + [row.last]], np.int64)
+    def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
+        """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
+        block = np.asarray([row.history[len(row.history) - keep:] + [row.last]], np.int64)
         logits, st = self.model.prefill(block)
         self._stepper.state.set_rows([i], st)
         return logits[0, -1]

@@ -15,6 +15,12 @@ except ImportError:  # pragma: no cover - the [serve] extra is missing
     raise MixerError("mixer-serve needs the serve extra: pip install 'micromixer-edge[serve]'") from None
 from .settings import Settings
 
+# The decode thread computes in Python between onnxruntime calls; the event loop needs the GIL for
+# moments to write each stream's events. At CPython's default 5 ms a waiting thread can sit out a
+# whole 5 ms; at 0.5 ms the loop's writes get in between steps (scripts/serve_bench.py: +10-15 %
+# bytes/s at 1 and 32 clients, docs/performance.md).
+SWITCH_SECONDS = 0.0005
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
@@ -39,6 +45,7 @@ def serve_command(model, **kw):
 
 def run(settings: Settings) -> None:
     from .app import create_app
+    sys.setswitchinterval(SWITCH_SECONDS)
     app = create_app(settings)  # loads the model: a bad file fails here, before binding
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                    timeout_graceful_shutdown=settings.shutdown_seconds, lifespan="on"))

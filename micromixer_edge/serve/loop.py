@@ -30,6 +30,7 @@ class Job:
     row: Row | None = None
     cancelled: bool = False
     ended: bool = False
+    answered: bool = False      # something was posted: the first text goes out without waiting
 
 
 
@@ -50,7 +51,7 @@ class DecodeLoop:
         self._wake = threading.Condition()
         self._running, self.accepting = True, True
         self._outbox: list = []   # (job, item) waiting for the next flush
-        self._flushed = 0.0
+        self._flushed, self._urgent = 0.0, False
         self._thread = threading.Thread(target=self._run, name="mixer-decode", daemon=True)
 
     # --- called from the event loop ------------------------------------------------------------
@@ -122,13 +123,16 @@ class DecodeLoop:
 
     def _post(self, job: Job, *item) -> None:
         self._outbox.append((job, item))
+        if not job.answered or item[0] == "done":  # first byte and last: flushed after this step
+            job.answered, self._urgent = True, True
 
     def _flush(self, force: bool = False) -> None:
         """Hand the pending text to the event loop: one call_soon_threadsafe for every row, at
-        most every FLUSH_SECONDS (a wake-up per row and byte would cost more than the step)."""
+        most every FLUSH_SECONDS (a wake-up per row and byte would cost more than the step), and
+        at once when a request gets its first text or its end."""
         now = time.perf_counter()
-        if self._outbox and (force or now - self._flushed >= FLUSH_SECONDS):
-            items, self._outbox, self._flushed = self._outbox, [], now
+        if self._outbox and (force or self._urgent or now - self._flushed >= FLUSH_SECONDS):
+            items, self._outbox, self._flushed, self._urgent = self._outbox, [], now, False
             items[0][0].aio.call_soon_threadsafe(_deliver, items)
 
     def _admit(self, job: Job) -> None:
