@@ -1,12 +1,13 @@
 """mixer-serve throughput: aggregate bytes/s at 1, 8 and 32 concurrent streaming clients (1 thread),
 p50 / p99 time to first byte, and the server's peak RSS. Numbers go to docs/performance.md.
 
-    python scripts/serve_bench.py MODEL.onnx [MORE.onnx ...] [--bytes 200] [--cycles 5] [--seconds 1]
+    python scripts/serve_bench.py MODEL.onnx [MORE.onnx ...] [--bytes 200] [--cycles 5] [--seconds 2]
 
-Each client streams `--bytes` bytes (temperature 0.8, its own seed) over HTTP: coroutines of one
-asyncio loop sharing one warmed-up aiohttp session (its C parser), so the clients take as little
-as they can of the 2 cores the server runs on, and their start-up is not counted against it. The server runs on 127.0.0.1 on an ephemeral port and
-is stopped at the end.
+Each client streams requests of `--bytes` bytes (temperature 0.8, its own seed), one after another,
+over HTTP: coroutines of one asyncio loop sharing one warmed-up aiohttp session (its C parser), so
+the clients take as little as they can of the 2 cores the server runs on. The server runs on
+127.0.0.1 on an ephemeral port and is stopped at the end. Last, the ceiling: the model's own
+IO-bound step at batch 32 against batch 1 (rows x bytes/s), measured in the same run.
 """
 import argparse
 import asyncio
@@ -23,36 +24,48 @@ SERVER = ["-m", "micromixer_edge.serve.cli"]
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named"]
 
 
-async def stream(client: aiohttp.ClientSession, url: str, i: int, n: int) -> tuple[float, int]:
-    """One streaming request: (time to its first text chunk, bytes of text)."""
+async def stream(client: aiohttp.ClientSession, url: str, i: int, n: int, deadline: float = float("inf"),
+                 ttfb: list | None = None) -> int:
+    """One streaming request; returns the bytes of text that arrived before `deadline` (then it
+    hangs up, and the server frees the row). Appends its time to first text to `ttfb`."""
     body = {"prompt": PROMPTS[i % 4], "max_tokens": n, "seed": i, "stream": True, "temperature": 0.8}
     t0, first, size = time.perf_counter(), None, 0
     async with client.post(url + "/v1/completions", json=body) as r:
         async for line in r.content:
             if line.startswith(b"data: {"):
-                first = first or time.perf_counter()
+                now = time.perf_counter()
+                if now > deadline:
+                    break
+                if first is None and ttfb is not None:
+                    first = now
+                    ttfb.append(now - t0)
                 size += sum(len(ch["text"].encode()) for ch in json.loads(line[6:])["choices"])
-    return first - t0, size
+    return size
 
 
 LEVELS = (1, 8, 32)
 
 
 async def level(client, url: str, clients: int, n: int, seconds: float) -> tuple[float, list[float]]:
-    """Rounds of `clients` concurrent requests for at least `seconds`: (bytes/s, first-byte times)."""
-    t0, size, ttfb = time.perf_counter(), 0, []
-    while time.perf_counter() - t0 < seconds:
-        got = await asyncio.gather(*(stream(client, url, i, n) for i in range(clients)))
-        size += sum(g[1] for g in got)
-        ttfb += [g[0] for g in got]
-    return size / (time.perf_counter() - t0), ttfb
+    """`clients` clients for `seconds`, each sending its next request as soon as its last one ends
+    (a closed loop, as users of a service do): (bytes/s that arrived in the window, first-byte times)."""
+    deadline, ttfb = time.perf_counter() + seconds, []
+
+    async def user(i: int) -> int:
+        size, k = 0, 0
+        while time.perf_counter() < deadline:
+            size += await stream(client, url, i + 1000 * k, n, deadline, ttfb)
+            k += 1
+        return size
+
+    return sum(await asyncio.gather(*(user(i) for i in range(clients)))) / seconds, ttfb
 
 
 async def rounds(url: str, n: int, cycles: int, seconds: float, model: str) -> None:
     """The levels interleave, cycle after cycle, so a slow spell of a shared machine hits them all;
     each level's figure is its median over the cycles, and each ratio the median of per-cycle ratios."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as client:
-        await asyncio.gather(*(stream(client, url, i, 8) for i in range(32)))  # warm: 32 open connections
+        await asyncio.gather(*(stream(client, url, i, 8) for i in range(32)))  # warm-up
         rates, ttfb = {c: [] for c in LEVELS}, {c: [] for c in LEVELS}
         for _ in range(cycles):
             for clients in LEVELS:
@@ -67,6 +80,22 @@ async def rounds(url: str, n: int, cycles: int, seconds: float, model: str) -> N
                   f"TTFB p50 {t[len(t) // 2] * 1e3:6.1f} ms p99 {t[int(len(t) * 0.99) - 1] * 1e3:6.1f} ms", flush=True)
 
 
+def raw_ratio(model: str, reps: int = 15) -> float:
+    """rows x bytes/s of the bare IO-bound step at batch 32 over batch 1, each timed as its fastest
+    of `reps` interleaved runs (the least disturbed): what batching the model call alone gives,
+    with no sampling, text or HTTP."""
+    from micromixer_edge.runtime.model import MixerModel
+    m = MixerModel(model)
+    steppers, best = {b: m.stepper(b) for b in (1, 32)}, {1: float("inf"), 32: float("inf")}
+    for _ in range(reps):
+        for b, st in steppers.items():
+            t0 = time.perf_counter()
+            for _ in range(100):
+                st.step([65] * b)
+            best[b] = min(best[b], (time.perf_counter() - t0) / b)
+    return best[1] / best[32]
+
+
 def bench(model: str, n: int, cycles: int, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, *SERVER, model, "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
@@ -78,6 +107,7 @@ def bench(model: str, n: int, cycles: int, seconds: float) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    print(f"{model}: the bare model step, batch 32 over batch 1: {raw_ratio(model):.1f}x rows x bytes/s")
 
 
 if __name__ == "__main__":
@@ -85,7 +115,7 @@ if __name__ == "__main__":
     p.add_argument("models", nargs="+")
     p.add_argument("--bytes", type=int, default=200)
     p.add_argument("--cycles", type=int, default=5, help="times each level runs, interleaved")
-    p.add_argument("--seconds", type=float, default=1.0, help="rounds of a level last at least this long")
+    p.add_argument("--seconds", type=float, default=2.0, help="how long each level runs in a cycle")
     a = p.parse_args()
     for m in a.models:
         bench(m, a.bytes, a.cycles, a.seconds)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from .._files import OutputError
@@ -26,7 +26,6 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_
 PYTHON_VERSION = "3.11"  # Raspberry Pi OS bookworm
 BAD_ORT = "1.21.0"       # crashes with "Illegal instruction" on the Pi's aarch64
 RUNTIME_DEPS = ("numpy", "onnxruntime", "click")
-SERVE_DEPS = ("starlette", "uvicorn", "prometheus-client")  # pure Python: any aarch64 board
 
 
 def _pip(*args: str) -> None:
@@ -44,10 +43,16 @@ def project_root() -> Path:
     return root
 
 
+def _serve_requirements() -> list[str]:
+    """The `serve` extra (pyproject.toml, as installed): the one list of mixer-serve's dependencies."""
+    reqs = metadata.requires("micromixer-edge") or []
+    return [r.split(";")[0].strip() for r in reqs if 'extra == "serve"' in r]
+
+
 def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
     """Build our wheel; download aarch64 wheels of the dependencies. Returns pinned requirements."""
     _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(project_root()))
-    deps = RUNTIME_DEPS + (SERVE_DEPS if serve else ())
+    deps = RUNTIME_DEPS + (tuple(_serve_requirements()) if serve else ())
     if not with_deps:
         return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in deps]
     plats = [a for p in PLATFORMS for a in ("--platform", p)]

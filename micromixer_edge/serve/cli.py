@@ -1,7 +1,6 @@
 """mixer-serve: a thin click layer that builds Settings and runs the app under uvicorn."""
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
@@ -50,7 +49,7 @@ def run(settings: Settings) -> None:
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                    timeout_graceful_shutdown=settings.shutdown_seconds, lifespan="on"))
     server.decode_loop = app.state.server.loop
-    asyncio.run(server.serve())
+    server.run()  # uvicorn picks uvloop (and httptools) when installed
     if not server.started:
         raise SystemExit(1)
 
