@@ -16,8 +16,8 @@ from .settings import Settings
 
 # The decode thread computes in Python between onnxruntime calls; the event loop needs the GIL for
 # moments to write each stream's events. At CPython's default 5 ms a waiting thread can sit out a
-# whole 5 ms; at 0.5 ms the loop's writes get in between steps (scripts/serve_bench.py: +10-15 %
-# bytes/s at 1 and 32 clients, docs/performance.md).
+# whole 5 ms; at 0.5 ms the loop's writes get in between steps (scripts/serve_bench.py: three of
+# four A/B pairs favour it at 32 clients, docs/performance.md).
 SWITCH_SECONDS = 0.0005
 
 
