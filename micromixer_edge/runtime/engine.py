@@ -263,12 +263,12 @@ class Engine:
         refold = self._boundaries() if any(r.position >= r.event for r in rows) else {}
         if self._stepper is None:
             self._attach()
-        logits = self._stepper.step([r.last for r, _ in self._slots])
+        logits = self._stepper.step([r.last for r, _ in self._slots])[:len(rows)].copy()  # (B, V), one copy
         for i, row in enumerate(rows):
             if i in refold:
                 row.logits, row.position = self._refold(i, row, refold[i]), refold[i] + 1
             else:
-                row.logits, row.position = logits[i].copy(), row.position + 1
+                row.logits, row.position = logits[i], row.position + 1
             row.unfolded = False
             self._remember(row)
 
@@ -327,7 +327,7 @@ class Engine:
 
     def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
         """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
-        block = np.asarray([row.history[len(row.history) - keep:] + [row.last]], np.int64)
+        block = np.asarray([row.history[-keep:] + [row.last]], np.int64)
         logits, st = self.model.prefill(block)
         self._stepper.state.set_rows([i], st)
         return logits[0, -1]
