@@ -13,9 +13,18 @@ from .format import MixerError, BOS_ID, EOS_ID
 
 
 def encode_prompt(prompt: str | bytes) -> list[int]:
-    """[bos] + utf8(prompt)."""
-    data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
-    return [BOS_ID, *data]
+    """[bos] + utf8(prompt); a str that is not valid Unicode (a lone surrogate) is a MixerError."""
+    return [BOS_ID, *(utf8(prompt) if isinstance(prompt, str) else bytes(prompt))]
+
+
+def utf8(text: str, what: str = "the prompt") -> bytes:
+    """UTF-8 of text, or a MixerError that says where it is not Unicode (JSON may carry a lone
+    surrogate escape such as \\ud800, which has no UTF-8)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MixerError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at "
+                         f"character {e.start}") from None
 
 
 def encode_story(story: bytes) -> np.ndarray:

@@ -57,3 +57,28 @@ def bundled(tmp_path_factory):
         out[mode] = d / f"{mode}.onnx"
         quantize_file(out["float"], out[mode], QuantOptions(mode=mode))
     return out
+
+
+def eos_biased(src: Path, dst: Path, bias: float = 60.0) -> Path:
+    """A copy of a model file whose logits get +bias on eos: its top logit is always eos, so by the
+    documented behaviour every row ends at once with finish_reason "stop" (unless it ignores eos,
+    and then byte 2 must never appear)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from micromixer_edge.format import EOS_ID, LOGITS, VOCAB_SIZE
+    proto = onnx.load(str(src))
+    for node in proto.graph.node:
+        node.output[:] = [f"{LOGITS}_unbiased" if o == LOGITS else o for o in node.output]
+    vec = np.zeros(VOCAB_SIZE, np.float32)
+    vec[EOS_ID] = bias
+    proto.graph.initializer.append(numpy_helper.from_array(vec, "eos_bias"))
+    proto.graph.node.append(helper.make_node("Add", [f"{LOGITS}_unbiased", "eos_bias"], [LOGITS]))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def eos_models(bundled, tmp_path_factory):
+    """kind ("float", "int8") -> the bundled model with eos always on top (eos_biased)."""
+    d = tmp_path_factory.mktemp("eos")
+    return {kind: eos_biased(bundled[kind], d / f"eos-{kind}.onnx") for kind in ("float", "int8")}

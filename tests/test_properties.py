@@ -55,9 +55,10 @@ def test_a_row_samples_the_same_bytes_in_any_batch(params, seed, ties):
 
 
 def _filtered(logits, p: SamplingParams) -> np.ndarray:
-    """The documented distribution, written plainly: temperature, then min-p, top-k, top-p."""
+    """The documented distribution, written plainly: temperature, then min-p, top-k, top-p; pad
+    and bos are never sampled, and eos is not when the row ignores it (README: --ignore-eos)."""
     x = logits.astype(np.float64) / p.temperature
-    x[[0, 1] + ([] if p.ignore_eos else [EOS_ID])] = -np.inf
+    x[[0, 1] + ([EOS_ID] if p.ignore_eos else [])] = -np.inf  # pad, bos never; eos not when ignored
     probs = np.exp(x - x.max())
     order = sorted(range(256), key=lambda i: (-probs[i], i))
     kept = [i for i in order if probs[i] > 0 and probs[i] >= p.min_p][:p.top_k or 256]

@@ -20,28 +20,7 @@ from micromixer_edge.runtime.model import MixerModel
 
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
-
-
-class Served:
-    def __init__(self, model, *flags):
-        self.proc = subprocess.Popen([sys.executable, "-m", "micromixer_edge.serve.cli", str(model), "--port", "0",
-                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # "mixer-serve: listening on http://127.0.0.1:PORT"
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            self.proc.kill()
-            pytest.fail(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
-        self.url = match.group(0)
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=60, max_retries=0)
-
-    def stop(self, sig=signal.SIGTERM, timeout=20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+from serving import Served  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -198,48 +177,82 @@ def test_queue_full_is_429_with_retry_after(bundled):
         assert s.stop() == 0
 
 
-def test_sigterm_ends_streams_with_a_final_event_and_exits_0(bundled):
-    s = Served(bundled["int8"], "--shutdown-seconds", "3")
-    events = []
-    body = {"prompt": "Once", "max_tokens": 4000, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=30) as c, c.stream("POST", s.url + "/v1/completions", json=body) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                if len(events) == 30:
-                    s.proc.send_signal(signal.SIGTERM)
-    t0 = time.monotonic()
-    assert s.stop(timeout=10) == 0 and time.monotonic() - t0 < 10
-    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
-    assert 30 <= len(events) < 4000
+@pytest.fixture()
+def browser(tmp_path):
+    from browser import Browser
+    b = Browser(tmp_path / "profile")
+    yield b
+    b.close()
 
 
-def test_playground_in_headless_chromium(server, tmp_path):
+def _requests_total(url) -> float:
+    return _metric(url, "mixer_requests_total")
+
+
+def test_playground_streams_a_story_in_headless_chromium(server, browser, tmp_path):
     """Debian's chromium loads the page, which submits its prompt (autorun) and streams the text."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "..", "scripts", "browser-setup.sh")],
-                       check=True, capture_output=True, timeout=600)
-        chromium = shutil.which("chromium")
     page = httpx.get(server.url + "/").text
     assert "<script>" in page and "http" not in page.split("<script>")[1].replace("http://127", "")  # no CDN
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000"]
-    url = server.url + "/?prompt=Once%20upon%20a%20time&max_tokens=40&autorun=1"
-    for _ in range(3):  # --dump-dom snapshots the page when its virtual time runs out, which does
-        # not wait for a streamed body: on a loaded machine the first look can come too early
-        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True,
-                             timeout=120).stdout
-        out = re.search(r'<div id="out"[^>]*>(.*?)</div>', dom, re.S)
-        if out and len(out.group(1)) >= len("Once upon a time") + 10:
-            break
-    assert out, dom[-2000:]
-    assert out.group(1).startswith("Once upon a time") and len(out.group(1)) >= len("Once upon a time") + 10
-    shot = tmp_path / "playground.png"  # a look for people: not kept in git
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=900,700", url],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 1000
+    browser.goto(server.url + "/?prompt=Once%20upon%20a%20time&max_tokens=40&autorun=1")
+    browser.wait_for("document.getElementById('out').dataset.done === '1'")
+    out, status = browser.eval("[document.getElementById('out').textContent, "
+                               "document.getElementById('status').textContent]")
+    assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") and status.startswith("done")
+    browser.screenshot(tmp_path / "playground.png")  # a look for people: not kept in git
+    assert (tmp_path / "playground.png").stat().st_size > 1000
+
+
+def test_playground_double_click_sends_one_request(server, browser, bundled):
+    browser.goto(server.url + "/")
+    before = _requests_total(server.url)
+    browser.eval("document.getElementById('temperature').value = '0';"
+                 "document.getElementById('max_tokens').value = '120';"
+                 "const b = document.getElementById('go'); b.click(); b.click(); true")
+    browser.wait_for("document.getElementById('out').dataset.done === '1'")
+    out = browser.eval("document.getElementById('out').textContent")
+    want = generate(MixerModel(bundled["int8"]), "Once upon a time",
+                    GenerateOptions.of(max_new_tokens=120, temperature=0))
+    assert out == "Once upon a time" + want  # one stream, not two interleaved
+    assert _requests_total(server.url) - before == 1
+
+
+def test_playground_stop_cancels_the_stream(server, browser):
+    browser.goto(server.url + "/")
+    # the stream must outlast the click: the test's fetch adds ignore_eos (stories end in ~1 s)
+    browser.eval("const f = window.fetch; window.fetch = (u, o) => f(u, {...o, body: JSON.stringify("
+                 "{...JSON.parse(o.body), ignore_eos: true})}); true")
+    browser.eval("document.getElementById('max_tokens').value = '4096'; document.getElementById('go').click(); true")
+    browser.wait_for("document.getElementById('go').textContent === 'Stop' && "
+                     "document.getElementById('out').textContent.length > 30")
+    time.sleep(0.5)
+    browser.eval("document.getElementById('go').click(); true")
+    browser.wait_for("document.getElementById('status').textContent === 'stopped'")
+    assert browser.eval("document.getElementById('go').textContent") == "Generate"
+    deadline = time.monotonic() + 5
+    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active_rows"] == 0
+
+
+def test_playground_empty_fields_mean_the_defaults(server, browser):
+    browser.goto(server.url + "/")
+    browser.eval("document.getElementById('temperature').value = '';"
+                 "document.getElementById('max_tokens').value = ''; document.getElementById('go').click(); true")
+    browser.wait_for("document.getElementById('out').dataset.done === '1'")
+    out, status = browser.eval("[document.getElementById('out').textContent, "
+                               "document.getElementById('status').textContent]")
+    assert status.startswith("done") and len(out) > len("Once upon a time") + 20, status
+
+
+def test_playground_says_when_the_server_cannot_be_reached(bundled, browser):
+    s = Served(bundled["int8"])
+    browser.goto(s.url + "/")
+    assert s.stop() == 0
+    browser.eval("document.getElementById('go').click(); true")
+    status = browser.wait_for("document.getElementById('out').dataset.done === '1' && "
+                              "document.getElementById('status').textContent")
+    assert "cannot reach the server" in status
+    assert browser.eval("document.getElementById('go').textContent") == "Generate"
 
 
 def test_float_model_served_equals_generate(bundled):

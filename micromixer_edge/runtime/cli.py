@@ -110,11 +110,12 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
 def _generate_once(model, prompt, options, echo, show_stats, state=None, save_state=None):
     """One prompt (or a resumed state, plus the prompt's bytes); optionally save the state after."""
     from .engine import Engine, GenerationStats
+    from ..codec import utf8
     if echo:
         sys.stdout.write(prompt)
     st, engine = GenerationStats(), Engine(model)
     if state is not None:
-        row = engine.restore(state, options, list(prompt.encode("utf-8")), st)
+        row = engine.restore(state, options, list(utf8(prompt)), st)
     else:
         row = engine.add(prompt, options, st)
     _print_stream(piece for _, piece in engine.run())

@@ -107,7 +107,8 @@ class Row:
     sums: np.ndarray | None = None     # (L, H) while not in a slot; the engine owns it otherwise
     position: int = 0
     shadow: tuple[np.ndarray, int] | None = None  # halve: (sums, position) folded from W/2
-    finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled"
+    finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled", "error"
+    error: str | None = None           # what failed, when finish_reason is "error"
     last: int | None = None            # the latest sampled token (folded in on the next step)
     unfolded: bool = False             # `last` is not in the state yet
     event: float = 0                   # the position at which the context mode acts next
@@ -209,7 +210,12 @@ class Engine:
         logits = np.stack([r.logits for r in rows])  # (B, V): one sampling pass for every row
         tokens = sample_rows([r.sampler for r in rows], logits, [r.recent for r in rows])
         for row, token in zip(rows, tokens):
-            row.last = self._accept(row, token)
+            try:  # a row's own failure ends that row alone (finish_reason "error")
+                if isinstance(token, Exception):
+                    raise token
+                row.last = self._accept(row, token)
+            except Exception as e:  # noqa: BLE001
+                self.fail(row, e)
             if row.pieces or row.finish_reason:
                 touched.append(row)
                 finished = finished or row.finish_reason is not None
@@ -217,11 +223,22 @@ class Engine:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
         if self.rows:
-            self._feed()
+            touched += self._feed()
         dt = (time.perf_counter() - t0) / len(rows)
         for row in rows:
             row.stats.decode_s += dt
         return touched
+
+    def fail(self, row: Row, e: BaseException) -> None:
+        """End a row with an error (it leaves before the next step); the other rows go on."""
+        row.finish_reason, row.error = "error", f"{type(e).__name__}: {e}"
+
+    def abort(self, e: BaseException) -> list[Row]:
+        """A step failed as a whole: every live row ends with the error, and the engine is empty."""
+        rows, self.rows, self._stepper, self._slots = self.rows, [], None, []
+        for row in rows:
+            self.fail(row, e)
+        return rows
 
     def _sample(self, row: Row) -> int:
         return self._accept(row, row.sampler.sample(row.logits, row.recent))
@@ -257,20 +274,29 @@ class Engine:
         if tail:
             row.pieces.append(tail)
 
-    def _feed(self) -> None:
-        """Fold each live row's new token: one call for all, plus window re-folds past W."""
-        rows, W = self.rows, self.W
+    def _feed(self) -> list[Row]:
+        """Fold each live row's new token: one call for all, plus window re-folds past W. Returns
+        the rows whose own re-fold failed (they leave)."""
+        rows, failed = self.rows, []
         refold = self._boundaries() if any(r.position >= r.event for r in rows) else {}
         if self._stepper is None:
             self._attach()
         logits = self._stepper.step([r.last for r, _ in self._slots])[:len(rows)].copy()  # (B, V), one copy
         for i, row in enumerate(rows):
-            if i in refold:
-                row.logits, row.position = self._refold(i, row, refold[i]), refold[i] + 1
-            else:
-                row.logits, row.position = logits[i], row.position + 1
+            try:
+                if i in refold:
+                    row.logits, row.position = self._refold(i, row, refold[i]), refold[i] + 1
+                else:
+                    row.logits, row.position = logits[i], row.position + 1
+            except Exception as e:  # noqa: BLE001 - this row's re-fold: the others keep theirs
+                self.fail(row, e)
+                failed.append(row)
             row.unfolded = False
             self._remember(row)
+        if failed:
+            self._detach()
+            self.rows = [r for r in rows if r.finish_reason is None]
+        return failed
 
     def _remember(self, row: Row) -> None:
         """window and halve keep the latest tokens, which they may re-fold (trimmed now and then)."""

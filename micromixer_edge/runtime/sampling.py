@@ -25,7 +25,7 @@ import numpy as np
 
 from ..format import MixerError, BOS_ID, EOS_ID, PAD_ID
 
-BANNED = [PAD_ID, BOS_ID]  # never sampled; eos too unless ignore_eos
+BANNED = (PAD_ID, BOS_ID)  # never sampled; eos too when ignore_eos (banned_ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +50,21 @@ class SamplingParams:
                 raise MixerError(message)
 
 
+def banned_ids(params: "SamplingParams") -> tuple[int, ...]:
+    """The ids a row may never sample: pad and bos always; eos too when the row ignores it (it
+    would otherwise end the row, or with ignore_eos be written into the text as byte 2). The one
+    place this is decided: the greedy shortcut and the batch sampler both use it."""
+    return BANNED + ((EOS_ID,) if params.ignore_eos else ())
+
+
 class Sampler:
     """One row's sampling parameters and seeded generator."""
 
     def __init__(self, params: SamplingParams, seed: int | None = None, vocab_size: int = 256):
         self.params = params
         self.rng = random.Random(seed)
-        banned = BANNED + ([EOS_ID] if params.ignore_eos else [])
-        self._allowed = [i not in banned for i in range(vocab_size)]  # by id, for the greedy fast path
-        self.ban_eos = params.ignore_eos
+        self.banned = list(banned_ids(params))
+        self._allowed = [i not in self.banned for i in range(vocab_size)]  # by id, for the greedy fast path
         self.plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
         self.penalized = params.repetition_penalty != 1.0 and params.repeat_last_n > 0
         self.top_k = params.top_k or vocab_size
@@ -71,7 +77,10 @@ class Sampler:
             best = int(logits.argmax())
             if self._allowed[best]:
                 return best
-        return sample_rows([self], logits[None], [recent])[0]
+        token = sample_rows([self], logits[None], [recent])[0]
+        if isinstance(token, Exception):
+            raise token
+        return token
 
     def pick(self, ids: list[int], logp: list[float]) -> int:
         """One of the min-p candidates `ids` (ascending; `logp` their log-probabilities relative to
@@ -94,8 +103,10 @@ class Sampler:
         logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
 
 
-def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> list[int]:
-    """One byte per row from (B, V) logits; row b uses samplers[b] and its recent tokens."""
+def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> list[int | Exception]:
+    """One byte per row from (B, V) logits; row b uses samplers[b] and its recent tokens. A row
+    whose own part fails (its penalty or its draw) gets the exception in its place, and the other
+    rows their bytes, the same as without it (nothing a row computes depends on the others)."""
     greedy = any(s.plain_greedy for s in samplers)
     out = logits.argmax(axis=1).tolist() if greedy else [0] * len(samplers)
     rest = [b for b, s in enumerate(samplers) if not (s.plain_greedy and s._allowed[out[b]])]
@@ -103,12 +114,15 @@ def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> l
         return out
     sub = [samplers[b] for b in rest]
     x = (logits if len(rest) == len(samplers) else logits[rest]).astype(np.float64)  # (R, V) float64
-    x[:, BANNED] = -np.inf
-    x[[r for r, s in enumerate(sub) if not s.ban_eos], EOS_ID] = -np.inf
     drawn = []
     for r, (b, s) in enumerate(zip(rest, sub)):
-        if s.penalized:
-            s.penalize(x[r], recents[b])
+        x[r, s.banned] = -np.inf
+        try:
+            if s.penalized:
+                s.penalize(x[r], recents[b])
+        except Exception as e:  # noqa: BLE001 - the row's own failure, handed to its caller
+            out[b] = e
+            continue
         if s.temperature == 0:
             out[b] = int(x[r].argmax())
         else:
@@ -129,4 +143,11 @@ def _draw(x: np.ndarray, samplers: list[Sampler]) -> list[int]:
     flat = (x >= np.array([[s.log_min_p] for s in samplers])).ravel().nonzero()[0]  # row-major
     bounds = np.searchsorted(flat, np.arange(0, (R + 1) * V, V)).tolist()  # each row's slice
     ids, logp = (flat % V).tolist(), x.ravel()[flat].tolist()
-    return [s.pick(ids[a:b], logp[a:b]) for s, a, b in zip(samplers, bounds, bounds[1:])]
+    return [_pick(s, ids[a:b], logp[a:b]) for s, a, b in zip(samplers, bounds, bounds[1:])]
+
+
+def _pick(sampler: Sampler, ids: list[int], logp: list[float]) -> int | Exception:
+    try:
+        return sampler.pick(ids, logp)
+    except Exception as e:  # noqa: BLE001 - one row's failure must not cost the others their draw
+        return e

@@ -1,17 +1,20 @@
 """mixer-serve: a thin click layer that builds Settings and runs the app under uvicorn."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
 from ..errors import run_cli
-from ..format import MixerError
 
 try:
     import uvicorn
-except ImportError:  # pragma: no cover - the [serve] extra is missing
-    raise MixerError("mixer-serve needs the serve extra: pip install 'micromixer-edge[serve]'") from None
+    from .http import guarded_protocol
+except ImportError as e:  # the [serve] extra is missing: one line, not a traceback
+    click.echo(f"error: mixer-serve needs the serve extra ({e.name} is missing): "
+               "pip install 'micromixer-edge[serve]'", err=True)
+    raise SystemExit(1) from None
 from .settings import Settings
 
 # The decode thread computes in Python between onnxruntime calls; the event loop needs the GIL for
@@ -21,40 +24,53 @@ from .settings import Settings
 SWITCH_SECONDS = 0.0005
 
 
+def _flag(f: dataclasses.Field):
+    """One click option per Settings field: its type, default, lower bound and help."""
+    low, high = f.metadata["min"], f.metadata["max"]
+    kind = {int: click.IntRange(low, high), float: click.FloatRange(low, high)}.get(type(f.default), str)
+    return click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default, show_default=True,
+                        help=f.metadata["help"])
+
+
+def _settings_flags(command):
+    for f in reversed([f for f in dataclasses.fields(Settings) if f.name != "model"]):
+        command = _flag(f)(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; 0.0.0.0 serves the LAN (see docs/raspberry-pi.md).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Rows decoding together in one step.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Requests waiting for a row; past it the server answers 429.")
-@click.option("--max-prompt-bytes", type=click.IntRange(min=1), default=65536, show_default=True,
-              help="Longer prompts get 413.")
-@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="The largest max_tokens a request may ask for.")
-@click.option("--shutdown-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="On SIGTERM/SIGINT, in-flight streams end within this many seconds.")
+@_settings_flags
 def serve_command(model, **kw):
     """Serve a MicroMixer model: OpenAI-compatible /v1/completions (streaming), a playground at /."""
     run(Settings(model=model, **kw))
 
 
 def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT (exit 0), or until the decode loop dies (exit 1, so that a
+    supervisor such as systemd restarts the server)."""
     from .app import create_app
     sys.setswitchinterval(SWITCH_SECONDS)
-    app = create_app(settings)  # loads the model: a bad file fails here, before binding
-    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                   timeout_graceful_shutdown=settings.shutdown_seconds, lifespan="on"))
+    died = []
+
+    def on_death():  # from the decode thread: uvicorn's main loop polls should_exit
+        died.append(True)
+        server.should_exit = True
+    app = create_app(settings, on_death)  # loads the model: a bad file fails here, before binding
+    server = UvicornServer(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+        http=guarded_protocol(settings.timeout_seconds), timeout_keep_alive=settings.timeout_seconds,
+        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=settings.shutdown_seconds))
     server.decode_loop = app.state.server.loop
-    server.run()  # uvicorn picks uvloop (and httptools) when installed
+    server.run()  # uvicorn picks uvloop when installed
+    if died:
+        click.echo(f"error: the decode loop died ({server.decode_loop.dead}); exiting", err=True)
+        raise SystemExit(1)
     if not server.started:
         raise SystemExit(1)
 
 
-class Server(uvicorn.Server):
+class UvicornServer(uvicorn.Server):
     """Prints its address when ready; on SIGTERM/SIGINT ends the rows in flight (each stream gets
     its final event and [DONE]) and then lets uvicorn shut down gracefully."""
 

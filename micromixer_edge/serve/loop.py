@@ -1,12 +1,19 @@
 """One thread owns the model and its engine: requests join between steps, every step is one call
-for all live rows, and each row's pieces go back to its request's asyncio queue."""
+for all live rows, and each row's pieces go back to its request's asyncio queue.
+
+Nothing a request brings can stop the thread: a failure while preparing or stepping one row ends
+that request with an error and the other rows go on; a failure of a whole step ends the rows of
+that step. If the thread itself dies, every request gets an error, `dead` says why, and
+`on_death` is called (mixer-serve then exits non-zero, for a supervisor to restart it)."""
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
+import sys
 import threading
 import time
+import traceback
 
 from ..runtime.engine import Engine, GenerateOptions, Row
 from ..runtime.model import MixerModel
@@ -25,7 +32,7 @@ class ShuttingDown(Exception):
 class Job:
     prompt: str
     options: GenerateOptions
-    out: asyncio.Queue          # ("piece", text) ... then ("done", finish_reason, usage dict)
+    out: asyncio.Queue          # ("piece", text) ... then ("done", finish_reason, usage dict, error or None)
     aio: asyncio.AbstractEventLoop
     row: Row | None = None
     cancelled: bool = False
@@ -43,8 +50,10 @@ def _deliver(items) -> None:
 
 
 class DecodeLoop:
-    def __init__(self, model: MixerModel, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(self, model: MixerModel, max_batch: int, max_queue: int, metrics: Metrics, on_death=None):
         self.engine, self.max_batch, self.max_queue, self.metrics = Engine(model), max_batch, max_queue, metrics
+        self.on_death, self.dead = on_death, None  # dead: why the thread died (None while it runs)
+        metrics.watch(self.counts)
         self._waiting: collections.deque[Job] = collections.deque()
         self._jobs: dict[int, Job] = {}   # row id -> job, for live rows
         self._cancel: list[Job] = []
@@ -61,7 +70,7 @@ class DecodeLoop:
     def submit(self, prompt: str, options: GenerateOptions) -> Job:
         job = Job(prompt, options, asyncio.Queue(), asyncio.get_running_loop())
         with self._wake:
-            if not self.accepting:
+            if not self.accepting or self.dead:
                 raise ShuttingDown()
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull()
@@ -96,6 +105,23 @@ class DecodeLoop:
 
     # --- the decode thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # noqa: BLE001 - a bug in the loop itself: fail loudly, not silently
+            traceback.print_exc(file=sys.stderr)
+            with self._wake:
+                self.dead, self.accepting = f"{type(e).__name__}: {e}", False
+                jobs = list(self._waiting) + list(self._jobs.values())
+                self._waiting.clear()
+                self._jobs.clear()
+            for job in jobs:
+                self._post(job, "done", "error", _usage(job.row), f"the decode loop died ({self.dead})")
+                job.ended = True
+            self._flush(force=True)
+            if self.on_death is not None:
+                self.on_death()
+
+    def _serve(self) -> None:
         while True:
             if not self.engine.rows:
                 self._flush(force=True)
@@ -109,17 +135,23 @@ class DecodeLoop:
                 while self._waiting and len(self._jobs) + len(admit) < self.max_batch:
                     admit.append(self._waiting.popleft())
             for job in cancel:
-                self._end(job, "cancelled")
+                self._end(job, "cancelled" if self.accepting else "shutdown")
             for job in admit:
                 self._admit(job)
-            self.metrics.rows(len(self._jobs), len(self._waiting))
             if self.engine.rows:
-                t0 = time.perf_counter()
-                touched = self.engine.step()
-                self.metrics.step_seconds.observe(time.perf_counter() - t0)
-                for row in touched:
-                    self._emit(self._jobs[row.id], row)
+                self._step()
                 self._flush()
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            touched = self.engine.step()
+        except Exception as e:  # noqa: BLE001 - the shared call failed: its rows end, the loop goes on
+            traceback.print_exc(file=sys.stderr)
+            touched = self.engine.abort(e)
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        for row in touched:
+            self._emit(self._jobs[row.id], row)
 
     def _post(self, job: Job, *item) -> None:
         self._outbox.append((job, item))
@@ -133,13 +165,22 @@ class DecodeLoop:
         now = time.perf_counter()
         if self._outbox and (force or self._urgent or now - self._flushed >= FLUSH_SECONDS):
             items, self._outbox, self._flushed, self._urgent = self._outbox, [], now, False
-            items[0][0].aio.call_soon_threadsafe(_deliver, items)
+            try:
+                items[0][0].aio.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop has closed (shutdown): nobody is waiting
+                pass
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
             return self._end(job, "cancelled")
-        job.row = self.engine.add(job.prompt, job.options)
-        self._jobs[job.row.id] = job
+        try:
+            job.row = self.engine.add(job.prompt, job.options)
+        except Exception as e:  # noqa: BLE001 - this request's preparation failed; the others go on
+            traceback.print_exc(file=sys.stderr)
+            job.ended = True
+            return self._post(job, "done", "error", _usage(None), f"{type(e).__name__}: {e}")
+        with self._wake:
+            self._jobs[job.row.id] = job
         if job.row.finish_reason:  # max_tokens 0
             self._emit(job, job.row)
 
@@ -157,15 +198,21 @@ class DecodeLoop:
         row = job.row
         if row is not None:
             self.engine.cancel(row)  # leaves between steps (a no-op for a finished row)
-            self._jobs.pop(row.id, None)
+            with self._wake:
+                self._jobs.pop(row.id, None)
             if row.pieces:
                 self._post(job, "piece", "".join(row.pieces))
                 row.pieces.clear()
-        elif job in self._waiting:
-            self._waiting.remove(job)
+        else:
+            with self._wake:
+                if job in self._waiting:
+                    self._waiting.remove(job)
         reason = row.finish_reason if row is not None and row.finish_reason not in (None, "cancelled") else reason
-        tokens = row.stats.new_tokens if row is not None else 0
-        prompt = row.stats.prompt_tokens if row is not None else 0
-        self.metrics.finished(reason, tokens)
-        self._post(job, "done", reason, {"prompt_tokens": prompt, "completion_tokens": tokens,
-                                         "total_tokens": prompt + tokens})
+        usage = _usage(row)
+        self.metrics.finished(reason, usage["completion_tokens"])
+        self._post(job, "done", reason, usage, row.error if row is not None else None)
+
+
+def _usage(row: Row | None) -> dict:
+    tokens, prompt = (row.stats.new_tokens, row.stats.prompt_tokens) if row is not None else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}

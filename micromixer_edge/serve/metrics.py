@@ -18,9 +18,11 @@ class Metrics:
         self.step_seconds = Histogram("mixer_step_seconds", "One decode step for all live rows",
                                       buckets=STEP_BUCKETS, registry=self.registry)
 
-    def rows(self, active: int, queued: int) -> None:
-        self.active_rows.set(active)
-        self.queue_depth.set(queued)
+    def watch(self, counts) -> None:
+        """Read the gauges from `counts() -> (active rows, queued requests)` at each scrape: the
+        same numbers /health reports, never a copy that goes stale."""
+        self.active_rows.set_function(lambda: counts()[0])
+        self.queue_depth.set_function(lambda: counts()[1])
 
     def finished(self, reason: str, tokens: int) -> None:
         self.requests.labels(outcome=reason).inc()

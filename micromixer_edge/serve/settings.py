@@ -1,23 +1,40 @@
-"""What mixer-serve is configured with (the CLI's flags, one dataclass)."""
+"""What mixer-serve is configured with: one dataclass, whose fields are also the CLI's flags
+(serve/cli.py builds one `--flag` per field from its type, default and help)."""
 from __future__ import annotations
 
 import dataclasses
+
+from ..errors import MixerError
+
+
+def _opt(default, help: str, minimum=None, maximum=None):
+    return dataclasses.field(default=default, metadata={"help": help, "min": minimum, "max": maximum})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     model: str
-    host: str = "127.0.0.1"           # localhost unless told otherwise
-    port: int = 8080                  # 0: an ephemeral port (printed when ready)
-    threads: int = 1                  # onnxruntime intra-op threads
-    max_batch: int = 32               # rows stepping together
-    max_queue: int = 128              # requests waiting for a row; past it: 429
-    max_prompt_bytes: int = 65536     # past it: 413
-    max_tokens_limit: int = 4096      # the largest max_tokens a request may ask for
-    shutdown_seconds: float = 5.0     # SIGTERM/SIGINT: in-flight streams end within this
+    host: str = _opt("127.0.0.1", "Address to bind; 0.0.0.0 serves the LAN (see docs/raspberry-pi.md).")
+    port: int = _opt(8080, "0 picks a free port (printed when ready).", 0, 65535)
+    threads: int = _opt(1, "onnxruntime intra-op threads.", 1)
+    max_batch: int = _opt(32, "Rows decoding together in one step.", 1)
+    max_queue: int = _opt(128, "Requests waiting for a row; past it the server answers 429.", 1)
+    max_prompt_bytes: int = _opt(65536, "Longer prompts get 413.", 1)
+    max_tokens_limit: int = _opt(4096, "The largest max_tokens a request may ask for.", 1)
+    timeout_seconds: float = _opt(5.0, "A request's headers, and then its body, must arrive within this "
+                                       "many seconds (else 408 and the connection closes); also the "
+                                       "keep-alive idle time.", 0.1)
+    max_connections: int = _opt(512, "Open connections at most; past it new requests get 503.", 1)
+    shutdown_seconds: float = _opt(5.0, "On SIGTERM/SIGINT, in-flight streams end within this many seconds.", 0)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_queue", "max_prompt_bytes", "max_tokens_limit", "threads"):
-            if getattr(self, name) < 1:
-                from ..format import MixerError
-                raise MixerError(f"--{name.replace('_', '-')} must be at least 1")
+        for f in dataclasses.fields(self):
+            low, high, value = f.metadata.get("min"), f.metadata.get("max"), getattr(self, f.name)
+            if low is not None and value < low or high is not None and value > high:
+                raise MixerError(f"--{f.name.replace('_', '-')} must be from {low} to {high}" if high is not None
+                                 else f"--{f.name.replace('_', '-')} must be at least {low}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A JSON body may escape each prompt byte as \\uXXXX (6 bytes), plus room for the rest."""
+        return 6 * self.max_prompt_bytes + 65536

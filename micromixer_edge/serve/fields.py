@@ -1,0 +1,139 @@
+"""The request fields of /v1/completions, each defined once: its JSON types, its bounds, and the
+GenerateOptions keyword it sets (llama-cpp-python's server/types.py plays this part there).
+
+Null means absent for every optional field (the openai client sends `"max_tokens": null` for
+max_tokens=None). OpenAI fields this server does not implement are refused with a 400 naming the
+field, unless they carry the value that means "off" (`"echo": false`, `"presence_penalty": 0`),
+which changes nothing. Unknown fields are ignored, as OpenAI-compatible servers do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Callable
+
+from ..codec import utf8
+from ..errors import MixerError
+from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE, VOCAB_SIZE
+from ..runtime.engine import GenerateOptions
+from .settings import Settings
+
+DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
+MAX_STOP_STRINGS = 4      # OpenAI's limit
+
+
+class BadRequest(Exception):
+    """A request the server refuses: an HTTP status, a message, and the field at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _stop(v) -> bool:
+    stops = [v] if isinstance(v, str) else v
+    return (isinstance(stops, list) and len(stops) <= MAX_STOP_STRINGS
+            and all(isinstance(s, str) and s for s in stops))
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str                                  # the JSON field
+    valid: Callable[[Any, Settings], bool]     # type and bounds
+    what: Callable[[Settings], str]            # "must be ..." in the 400 message
+    option: str | None = None                  # the GenerateOptions.of keyword it sets
+
+
+FIELDS = (
+    Field("max_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
+          lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
+    Field("temperature", lambda v, s: _number(v) and 0 <= v <= 2, lambda s: "a number from 0 to 2", "temperature"),
+    Field("top_p", lambda v, s: _number(v) and 0 < v <= 1, lambda s: "a number in (0, 1]", "top_p"),
+    Field("top_k", lambda v, s: _integer(v) and 0 <= v <= VOCAB_SIZE,
+          lambda s: f"an integer from 0 to {VOCAB_SIZE} (0: off)", "top_k"),
+    Field("min_p", lambda v, s: _number(v) and 0 <= v <= 1, lambda s: "a number from 0 to 1", "min_p"),
+    Field("repeat_penalty", lambda v, s: _number(v) and 0 < v <= 10, lambda s: "a number in (0, 10]",
+          "repetition_penalty"),
+    Field("seed", lambda v, s: _integer(v) and -2**63 <= v < 2**63, lambda s: "a 64-bit integer", "seed"),
+    Field("stop", lambda v, s: _stop(v), lambda s: f"a non-empty string or a list of at most {MAX_STOP_STRINGS}",
+          "stop"),
+    Field("ignore_eos", lambda v, s: isinstance(v, bool), lambda s: "true or false", "ignore_eos"),
+    Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
+    Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
+    Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), bool),
+          lambda s: 'an object such as {"include_usage": true}'),
+    Field("n", lambda v, s: v == 1 and _integer(v), lambda s: "1 (one choice per request)"),
+    Field("model", lambda v, s: isinstance(v, str), lambda s: "a string"),
+    Field("user", lambda v, s: isinstance(v, str), lambda s: "a string"),
+)
+
+# OpenAI's fields this server does not implement -> the value that means "off" (accepted)
+REFUSED = {"logprobs": None, "echo": False, "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0,
+           "best_of": 1, "suffix": ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str
+    options: GenerateOptions
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _neutral(value, off) -> bool:
+    if isinstance(off, bool) or isinstance(value, bool):
+        return value is off
+    return value == off and (_number(value) if _number(off) else type(value) is type(off))
+
+
+def parse_completion(body: bytes, settings: Settings) -> CompletionRequest:
+    """A /v1/completions body -> the request; BadRequest (400 or 413) for anything else."""
+    try:
+        req = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, an integer too long
+        raise BadRequest(400, "the request body is not valid JSON") from None
+    if not isinstance(req, dict):
+        raise BadRequest(400, "the request body must be a JSON object")
+    prompt = req.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest(400, "prompt must be a string", "prompt")
+    if len(_text(prompt, "prompt")) > settings.max_prompt_bytes:
+        raise BadRequest(413, f"the prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)", "prompt")
+    for name, off in REFUSED.items():
+        if req.get(name) is not None and not _neutral(req[name], off):
+            raise BadRequest(400, f"{name} is not supported by this server", name)
+    given = {}
+    for field in FIELDS:
+        value = req.get(field.name)
+        if value is None:
+            continue
+        if not field.valid(value, settings):
+            raise BadRequest(400, f"{field.name} must be {field.what(settings)}", field.name)
+        if field.option is not None:
+            given[field.option] = value
+    for s in [given["stop"]] if isinstance(given.get("stop"), str) else given.get("stop", []):
+        _text(s, "stop")
+    given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)
+    given.setdefault("context", DEFAULT_CONTEXT_MODE)
+    try:
+        options = GenerateOptions.of(**given)
+    except MixerError as e:
+        raise BadRequest(400, str(e)) from None
+    usage = (req.get("stream_options") or {}).get("include_usage") is True
+    return CompletionRequest(prompt, options, req.get("stream") is True, usage)
+
+
+def _text(s: str, name: str) -> bytes:
+    try:
+        return utf8(s, name)
+    except MixerError as e:
+        raise BadRequest(400, str(e), name) from None

@@ -1,0 +1,57 @@
+"""mixer-serve with faults injected by prompt, for test_serve_robust.py (run as a script):
+- a prompt starting "FAIL-PREPARE" fails while its row is prepared (Engine.add);
+- a row whose seed is 666 fails in its own draw after 20 bytes (Sampler.pick);
+- a prompt starting "FAIL-STEP" makes the next shared onnxruntime call fail (the whole step);
+- a prompt starting "KILL-LOOP" kills the decode thread itself (a bug outside any row)."""
+import sys
+
+from micromixer_edge.runtime import engine, sampling
+from micromixer_edge.serve import loop
+from micromixer_edge.serve.cli import main
+
+add, pick, feed, step = engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed, loop.DecodeLoop._step
+state = {"fail_step": False}
+
+
+def faulty_add(self, prompt, options=engine.GenerateOptions(), stats=None):
+    if isinstance(prompt, str) and prompt.startswith("FAIL-PREPARE"):
+        raise RuntimeError("injected: preparation failed")
+    if isinstance(prompt, str) and prompt.startswith("FAIL-STEP"):
+        state["fail_step"] = True
+    return add(self, prompt, options, stats)
+
+
+def faulty_pick(self, ids, logp):
+    self.picks = getattr(self, "picks", 0) + 1
+    if getattr(self, "doomed", False) and self.picks > 20:
+        raise RuntimeError("injected: this row's draw failed")
+    return pick(self, ids, logp)
+
+
+def faulty_feed(self):
+    if state.pop("fail_step", False):
+        raise RuntimeError("injected: the shared step failed")
+    return feed(self)
+
+
+def faulty_step(self):
+    if any(job.prompt.startswith("KILL-LOOP") for job in self._jobs.values()):
+        raise SystemError("injected: the decode loop itself failed")
+    return step(self)
+
+
+new_row = engine.Engine._new_row
+
+
+def doomed_row(self, options, stats=None):
+    row = new_row(self, options, stats)
+    row.sampler.doomed = options.seed == 666
+    return row
+
+
+engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed = faulty_add, faulty_pick, faulty_feed
+engine.Engine._new_row, loop.DecodeLoop._step = doomed_row, faulty_step
+
+if __name__ == "__main__":
+    sys.argv[0] = "mixer-serve"
+    main()
