@@ -1,6 +1,7 @@
 """mixer-serve with faults injected by prompt, for test_serve_robust.py (run as a script):
 - a prompt starting "FAIL-PREPARE" fails while its row is prepared (Engine.add);
 - a row whose seed is 666 fails in its own draw after 20 bytes (Sampler.pick);
+- a row whose seed is 777 fails in its own re-fold (Engine._refold: window mode past W);
 - a prompt starting "FAIL-STEP" makes the next shared onnxruntime call fail (the whole step);
 - a prompt starting "KILL-LOOP" kills the decode thread itself (a bug outside any row)."""
 import sys
@@ -10,6 +11,7 @@ from micromixer_edge.serve import loop
 from micromixer_edge.serve.cli import main
 
 add, pick, feed, step = engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed, loop.DecodeLoop._step
+refold = engine.Engine._refold
 state = {"fail_step": False}
 
 
@@ -34,6 +36,12 @@ def faulty_feed(self):
     return feed(self)
 
 
+def faulty_refold(self, i, row, keep):
+    if row.options.seed == 777:
+        raise RuntimeError("injected: this row's re-fold failed")
+    return refold(self, i, row, keep)
+
+
 def faulty_step(self):
     if any(job.prompt.startswith("KILL-LOOP") for job in self._jobs.values()):
         raise SystemError("injected: the decode loop itself failed")
@@ -50,7 +58,7 @@ def doomed_row(self, options, stats=None):
 
 
 engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed = faulty_add, faulty_pick, faulty_feed
-engine.Engine._new_row, loop.DecodeLoop._step = doomed_row, faulty_step
+engine.Engine._new_row, loop.DecodeLoop._step, engine.Engine._refold = doomed_row, faulty_step, faulty_refold
 
 if __name__ == "__main__":
     sys.argv[0] = "mixer-serve"

@@ -89,6 +89,24 @@ def test_a_failing_row_ends_alone_and_the_others_run_on(faulty, bundled):
     assert _wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
 
 
+def test_a_row_whose_refold_fails_ends_alone(faulty, bundled):
+    """window mode past W re-folds every step: one row's re-fold fails mid-stream, on a step where
+    another row makes text and a third finishes; they are not disturbed."""
+    model, long = MixerModel(bundled["int8"]), "Once upon a time, " * 16  # 288 bytes > W = 256
+    jobs = [{"prompt": long, "max_tokens": 60, "seed": 777, "context": "window", "stream": True},
+            {"prompt": long, "max_tokens": 60, "seed": 4, "context": "window", "stream": True},
+            {"prompt": "Lily and Ben", "max_tokens": 1, "seed": 5, "stream": True}]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda b: _sse(faulty.url, b), jobs))
+    assert "injected: this row's re-fold failed" in results[0][1]["error"]["message"]
+    for body, (text, last) in zip(jobs[1:], results[1:]):
+        opts = GenerateOptions.of(max_new_tokens=body["max_tokens"], seed=body["seed"],
+                                  context=body.get("context", "halve"))
+        assert text == generate(model, body["prompt"], opts) and last["choices"][0]["finish_reason"] in ("stop",
+                                                                                                         "length")
+    assert _wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
+
+
 def test_a_failing_step_ends_its_rows_and_the_server_serves_on(faulty, bundled):
     text, last = _sse(faulty.url, {"prompt": "FAIL-STEP", "max_tokens": 50, "stream": True})
     assert "injected: the shared step failed" in last["error"]["message"]
@@ -98,11 +116,28 @@ def test_a_failing_step_ends_its_rows_and_the_server_serves_on(faulty, bundled):
     assert _health(faulty.url)["status"] == "ok"
 
 
+def test_a_failed_shared_step_keeps_the_rows_that_finished_in_it(bundled, monkeypatch):
+    from micromixer_edge.runtime.engine import Engine
+    engine = Engine(MixerModel(bundled["int8"]))
+    ending = engine.add("Once", GenerateOptions.of(max_new_tokens=1, seed=1))
+    going = engine.add("Lily", GenerateOptions.of(max_new_tokens=50, seed=2))
+
+    def broken(self):
+        raise RuntimeError("injected")
+    monkeypatch.setattr(Engine, "_feed", broken)
+    touched = engine.step()
+    assert sorted(r.id for r in touched) == sorted([ending.id, going.id])  # each once
+    assert ending.finish_reason == "length" and going.finish_reason == "error" and "injected" in going.error
+    assert engine.rows == []
+
+
 def test_a_dead_loop_says_503_and_the_process_exits_non_zero(bundled):
     s = Served(bundled["int8"], entry=(os.path.join(HERE, "faulty_serve.py"),))
     try:
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "KILL-LOOP", "max_tokens": 50}, timeout=30)
         assert r.status_code == 500 and "decode loop died" in r.json()["error"]["message"]
+        later = httpx.post(s.url + "/v1/completions", json={"prompt": "Hi"}, timeout=30)
+        assert later.status_code == 503 and later.json()["error"]["message"]
         assert s.proc.wait(15) == 1  # a supervisor (systemd Restart=on-failure) restarts it
         assert "decode loop died" in s.proc.stderr.read()
     finally:
@@ -140,6 +175,17 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(unicode, inner, max_size=4), max_leaves=10)
 bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=8).map(lambda d: {"prompt": "Hi", **d}
                                                                            if len(d) % 3 else d)
+# bodies that are mostly valid, so that odd but allowed values reach the decode loop: NUL and
+# surrogates in prompts and stop strings, huge seeds, streams with usage, every context mode
+likely = {"prompt": unicode, "max_tokens": st.integers(0, 64), "temperature": st.floats(0, 2),
+          "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 256), "min_p": st.floats(0, 1),
+          "repeat_penalty": st.floats(0.01, 10), "seed": st.integers(-2**63, 2**63 - 1),
+          "stop": unicode | st.lists(unicode, max_size=5), "stream": st.booleans(),
+          "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.none() | st.booleans()}),
+          "ignore_eos": st.booleans(), "context": st.sampled_from(["halve", "window", "unbounded"]),
+          "n": st.just(1), "echo": st.just(False), "presence_penalty": st.just(0)}
+valid_ish = st.fixed_dictionaries({"prompt": unicode}, optional={k: st.none() | v for k, v in likely.items()
+                                                                 if k != "prompt"})
 
 
 def _encode(doc) -> bytes:
@@ -162,7 +208,7 @@ def test_fuzz_the_completions_api_then_it_answers_and_holds_no_rows(server):
     """Hundreds of arbitrary bodies: every answer a 2xx or a JSON 4xx, never a 5xx; then a normal
     request is answered and no row is left behind."""
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(body=bodies | st.binary(max_size=200) | st.builds(_encode, values))
+    @given(body=valid_ish | bodies | st.binary(max_size=200) | st.builds(_encode, values))
     def one(body):
         content = body if isinstance(body, bytes) else _encode(body)
         _check_answer(httpx.post(server.url + "/v1/completions", content=content, timeout=30,
@@ -180,12 +226,13 @@ def test_fuzz_the_completions_api_then_it_answers_and_holds_no_rows(server):
                                    "logprobs", "echo", "logit_bias", "presence_penalty", "frequency_penalty",
                                    "best_of", "suffix", "user", "model"])
 def test_null_means_absent(server, field):
-    base = {k: v for k, v in {"prompt": "Once upon a time", "max_tokens": 12, "seed": 3}.items() if k != field}
+    base = {"prompt": "Once upon a time", "max_tokens": 12, "seed": 3, "ignore_eos": True}
+    base = {k: v for k, v in base.items() if k != field}
     want = httpx.post(server.url + "/v1/completions", json=base, timeout=30)
     got = httpx.post(server.url + "/v1/completions", json={**base, field: None}, timeout=30)
     assert got.status_code == want.status_code == 200, got.text
     if field == "max_tokens":  # absent: OpenAI's default of 16
-        assert got.json()["usage"]["completion_tokens"] <= 16
+        assert got.json()["usage"]["completion_tokens"] == 16 and got.json()["choices"][0]["finish_reason"] == "length"
     else:
         assert got.json()["choices"] == want.json()["choices"]
 
@@ -278,12 +325,32 @@ def test_a_body_longer_than_it_comes_is_408_or_413(server):
         assert 0.5 < time.monotonic() - t0 < 3
 
 
+def test_slow_bodies_on_any_route_are_closed(server):
+    """A body a byte at a time to a route that answers without reading it: closed all the same."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        t0 = time.monotonic()
+        try:
+            for _ in range(12):
+                s.sendall(b"x")
+                time.sleep(0.25)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _closed_by_server(s, 3.0) and time.monotonic() - t0 < 4.5
+
+
 def test_connections_are_bounded(bundled):
-    s = Served(bundled["int8"], "--max-connections", "20", "--timeout-seconds", "2")
+    """Past --max-connections a connection gets a JSON 503 and is closed; the first ones stay."""
+    s = Served(bundled["int8"], "--max-connections", "20", "--timeout-seconds", "5")
     try:
-        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(25)]
-        r = httpx.get(s.url + "/health")
-        assert r.status_code == 503  # past --max-connections
+        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(20)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", s.port)) as extra:
+            answer = _answer(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"--max-connections" in answer
+        socks[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the first ones are served
+        socks[0].settimeout(5)
+        assert socks[0].recv(4096).startswith(b"HTTP/1.1 200")
         for sock in socks:
             sock.close()
         time.sleep(0.3)
@@ -317,6 +384,8 @@ def test_metrics_and_health_agree_idle_under_load_and_after_drops(bundled):
             return (h["active_rows"], h["queued_requests"]) == (_metric(s.url, "mixer_active_rows"),
                                                                  _metric(s.url, "mixer_queue_depth")), h
         assert agree() == (True, {**_health(s.url), "active_rows": 0})
+        done = httpx.post(s.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 5}, timeout=30)
+        assert done.status_code == 200 and agree() == (True, {**_health(s.url), "active_rows": 0})  # ended by itself
         body = {"prompt": "Once", "max_tokens": 4000, "ignore_eos": True, "stream": True}
         clients = [httpx.Client(timeout=30) for _ in range(8)]
         streams = [c.stream("POST", s.url + "/v1/completions", json=body) for c in clients]

@@ -223,7 +223,11 @@ class Engine:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
         if self.rows:
-            touched += self._feed()
+            try:
+                failed = self._feed()
+            except Exception as e:  # noqa: BLE001 - the shared call: its rows end, finished ones stay finished
+                failed = self.abort(e)
+            touched += [r for r in failed if r not in touched]
         dt = (time.perf_counter() - t0) / len(rows)
         for row in rows:
             row.stats.decode_s += dt

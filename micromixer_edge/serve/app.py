@@ -61,24 +61,19 @@ class Service:
         return f"data: {json.dumps(doc)}\n\n"
 
     async def body(self, request: Request) -> bytes:
-        """The request body, at most settings.max_body_bytes, within settings.timeout_seconds."""
+        """The request body, at most settings.max_body_bytes (its time limit is the protocol's:
+        serve/http.py closes a request that has not arrived whole within --timeout-seconds)."""
         limit, length = self.settings.max_body_bytes, request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise BadRequest(413, f"the request body is over {limit} bytes")
         data = bytearray()
-
-        async def read():
+        try:
             async for chunk in request.stream():
                 data.extend(chunk)
                 if len(data) > limit:
                     raise BadRequest(413, f"the request body is over {limit} bytes")
-        try:
-            await asyncio.wait_for(read(), self.settings.timeout_seconds)
         except ClientDisconnect:
             raise BadRequest(400, "the client went away before its request body ended") from None
-        except asyncio.TimeoutError:
-            raise BadRequest(408, f"the request body did not arrive within {self.settings.timeout_seconds:g} s "
-                                  "(--timeout-seconds)") from None
         return bytes(data)
 
     async def completions(self, request: Request) -> Response:
@@ -88,7 +83,7 @@ class Service:
         except BadRequest as e:
             self.metrics.requests.labels(outcome=f"error_{e.status}").inc()
             # a body not read to its end leaves the connection unusable: close it
-            headers = {"Connection": "close"} if e.status in (408, 413) else None
+            headers = {"Connection": "close"} if e.status == 413 else None
             return error(e.status, str(e), e.param, headers)
         except QueueFull:
             self.metrics.requests.labels(outcome="error_429").inc()

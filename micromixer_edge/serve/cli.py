@@ -59,8 +59,8 @@ def run(settings: Settings) -> None:
     app = create_app(settings, on_death)  # loads the model: a bad file fails here, before binding
     server = UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
-        http=guarded_protocol(settings.timeout_seconds), timeout_keep_alive=settings.timeout_seconds,
-        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=settings.shutdown_seconds))
+        http=guarded_protocol(settings.timeout_seconds, settings.max_connections),
+        timeout_keep_alive=settings.timeout_seconds, timeout_graceful_shutdown=settings.shutdown_seconds))
     server.decode_loop = app.state.server.loop
     server.run()  # uvicorn picks uvloop when installed
     if died:

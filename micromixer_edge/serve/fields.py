@@ -69,7 +69,7 @@ FIELDS = (
     Field("ignore_eos", lambda v, s: isinstance(v, bool), lambda s: "true or false", "ignore_eos"),
     Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
-    Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), bool),
+    Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
           lambda s: 'an object such as {"include_usage": true}'),
     Field("n", lambda v, s: v == 1 and _integer(v), lambda s: "1 (one choice per request)"),
     Field("model", lambda v, s: isinstance(v, str), lambda s: "a string"),

@@ -1,7 +1,13 @@
-"""uvicorn's httptools protocol with the guard uvicorn lacks: a request's headers must arrive
-within a timeout. uvicorn closes idle keep-alive connections (timeout_keep_alive) and answers 503
-past limit_concurrency, but waits forever for a request whose headers come a byte at a time (a
-slowloris holds a connection open for good). The body's own timeout is the app's (serve/app.py)."""
+"""uvicorn's httptools protocol with the two guards uvicorn lacks.
+
+- A request must arrive whole (headers and body) within `timeout_seconds` of its first byte (or of
+  its connection opening): uvicorn waits forever for headers or a body that come a byte at a time
+  (a slowloris holds a connection for good). A late request gets a JSON 408 and the connection
+  closes. (uvicorn's own timeout_keep_alive closes idle connections between requests.)
+- At most `max_connections` connections are open: uvicorn's limit_concurrency answers 503 to
+  requests past its limit but accepts and keeps any number of connections; here a connection past
+  the limit gets a JSON 503 and is closed at once.
+"""
 from __future__ import annotations
 
 import json
@@ -9,51 +15,62 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def _timeout_response(seconds: float) -> bytes:
-    body = json.dumps({"error": {"message": f"the request headers did not arrive within {seconds:g} s "
-                                            "(--timeout-seconds)", "type": "invalid_request_error",
-                                 "param": None, "code": None}}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+def _response(status: str, message: str) -> bytes:
+    kind = "invalid_request_error" if status.startswith("4") else "server_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-def guarded_protocol(timeout_seconds: float) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...): 408 and close when a request's headers
-    are not complete `timeout_seconds` after its connection opened or its first byte came."""
-    late = _timeout_response(timeout_seconds)
+def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...)."""
+    late = _response("408 Request Timeout", f"the request did not arrive within {timeout_seconds:g} s "
+                                            "(--timeout-seconds)")
+    full = _response("503 Service Unavailable", f"the server has --max-connections ({max_connections}) "
+                                                "open; try again")
 
     class GuardedProtocol(HttpToolsProtocol):
-        _headers_timer = None
+        _timer = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(full)
+                transport.close()
+                return
             self._arm()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._arm()
 
-        def on_headers_complete(self) -> None:
+        def on_message_complete(self) -> None:
             self._disarm()
-            super().on_headers_complete()
+            super().on_message_complete()
 
         def connection_lost(self, exc) -> None:
             self._disarm()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
-            if self._headers_timer is None:
-                self._headers_timer = self.loop.call_later(timeout_seconds, self._headers_late)
+            if self._timer is None:
+                self._timer = self.loop.call_later(timeout_seconds, self._late)
 
         def _disarm(self) -> None:
-            if self._headers_timer is not None:
-                self._headers_timer.cancel()
-                self._headers_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
-        def _headers_late(self) -> None:
-            self._headers_timer = None
-            if not self.transport.is_closing():
+        def _late(self) -> None:
+            self._timer = None
+            cycle = self.cycle
+            if self.transport.is_closing():
+                return
+            if cycle is not None and cycle.response_started and not cycle.response_complete:
+                self._arm()  # an earlier response is still being written: the late request waits its turn
+                return
+            if cycle is None or not cycle.response_started:
                 self.transport.write(late)
-                self.transport.close()
+            self.transport.close()
 
     return GuardedProtocol

@@ -60,6 +60,7 @@ class DecodeLoop:
         self._wake = threading.Condition()
         self._running, self.accepting = True, True
         self._outbox: list = []   # (job, item) waiting for the next flush
+        self._admitting: list[Job] = []
         self._flushed, self._urgent = 0.0, False
         self._thread = threading.Thread(target=self._run, name="mixer-decode", daemon=True)
 
@@ -94,6 +95,7 @@ class DecodeLoop:
         with self._wake:
             self.accepting = False
             self._cancel.extend(self._waiting)
+            self._waiting.clear()  # (so that none is admitted after being ended)
             self._cancel.extend(self._jobs.values())
             self._wake.notify()
 
@@ -111,12 +113,13 @@ class DecodeLoop:
             traceback.print_exc(file=sys.stderr)
             with self._wake:
                 self.dead, self.accepting = f"{type(e).__name__}: {e}", False
-                jobs = list(self._waiting) + list(self._jobs.values())
+                jobs = self._admitting + list(self._waiting) + list(self._jobs.values())
                 self._waiting.clear()
                 self._jobs.clear()
             for job in jobs:
-                self._post(job, "done", "error", _usage(job.row), f"the decode loop died ({self.dead})")
-                job.ended = True
+                if not job.ended:
+                    job.ended = True
+                    self._post(job, "done", "error", _usage(job.row), f"the decode loop died ({self.dead})")
             self._flush(force=True)
             if self.on_death is not None:
                 self.on_death()
@@ -131,13 +134,14 @@ class DecodeLoop:
                 if not self._running:
                     return
                 cancel, self._cancel = self._cancel, []
-                admit = []
+                admit = self._admitting = []  # (taken from the queue: a death must still answer them)
                 while self._waiting and len(self._jobs) + len(admit) < self.max_batch:
                     admit.append(self._waiting.popleft())
             for job in cancel:
                 self._end(job, "cancelled" if self.accepting else "shutdown")
             for job in admit:
                 self._admit(job)
+            self._admitting = []
             if self.engine.rows:
                 self._step()
                 self._flush()
@@ -151,7 +155,7 @@ class DecodeLoop:
             touched = self.engine.abort(e)
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         for row in touched:
-            self._emit(self._jobs[row.id], row)
+            self._emit(self._jobs[row.id], row)  # each row once: engine.step never repeats one
 
     def _post(self, job: Job, *item) -> None:
         self._outbox.append((job, item))
@@ -171,6 +175,8 @@ class DecodeLoop:
                 pass
 
     def _admit(self, job: Job) -> None:
+        if job.ended:
+            return
         if job.cancelled:
             return self._end(job, "cancelled")
         try:
@@ -178,6 +184,7 @@ class DecodeLoop:
         except Exception as e:  # noqa: BLE001 - this request's preparation failed; the others go on
             traceback.print_exc(file=sys.stderr)
             job.ended = True
+            self.metrics.finished("error", 0)
             return self._post(job, "done", "error", _usage(None), f"{type(e).__name__}: {e}")
         with self._wake:
             self._jobs[job.row.id] = job

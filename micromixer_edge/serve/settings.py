@@ -21,10 +21,10 @@ class Settings:
     max_queue: int = _opt(128, "Requests waiting for a row; past it the server answers 429.", 1)
     max_prompt_bytes: int = _opt(65536, "Longer prompts get 413.", 1)
     max_tokens_limit: int = _opt(4096, "The largest max_tokens a request may ask for.", 1)
-    timeout_seconds: float = _opt(5.0, "A request's headers, and then its body, must arrive within this "
-                                       "many seconds (else 408 and the connection closes); also the "
+    timeout_seconds: float = _opt(5.0, "A request (headers and body) must arrive within this many seconds "
+                                       "of its first byte, else 408 and the connection closes; also the "
                                        "keep-alive idle time.", 0.1)
-    max_connections: int = _opt(512, "Open connections at most; past it new requests get 503.", 1)
+    max_connections: int = _opt(512, "Open connections at most; one past it gets 503 and is closed.", 1)
     shutdown_seconds: float = _opt(5.0, "On SIGTERM/SIGINT, in-flight streams end within this many seconds.", 0)
 
     def __post_init__(self):
