@@ -64,10 +64,6 @@ SNAPSHOT_MAGIC = b"MIXSTATE"         # 8 bytes, then the version as uint16 littl
 SNAPSHOT_VERSION = 1                 # what writers write
 READABLE_SNAPSHOT_VERSIONS = range(1, 2)
 
-# --- context modes of the runner (what happens past max_seq_len) ----------------------------
-CONTEXT_MODES = ("halve", "window", "unbounded")
-DEFAULT_CONTEXT_MODE = "halve"
-
 # --- runtime backends: onnxruntime, or numpy alone for boards without an onnxruntime wheel ----
 BACKENDS = ("auto", "onnxruntime", "numpy")
 DEFAULT_BACKEND = "auto"  # onnxruntime when installed, else numpy

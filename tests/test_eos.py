@@ -119,3 +119,22 @@ def test_most_sampled_stories_end_on_their_own(bundled):
             assert model.generate("Once upon a time", 2000, seed=row.options.seed) == want
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.fast
+def test_negative_seeds_are_their_own_seeds():
+    """A 64-bit signed seed: -5 and 5 are two seeds (random.Random alone would take |seed|)."""
+    import random
+    logits = np.random.default_rng(0).normal(scale=2, size=256).astype(np.float32)
+    p = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
+    a, b = Sampler(p, 5), Sampler(p, -5)
+    assert [a.sample(logits) for _ in range(40)] != [b.sample(logits) for _ in range(40)]
+    assert Sampler(p, 5).rng.random() == random.Random(5).random()  # seeds >= 0: as before
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("temperature", [1e-308, 5e-324, 1e-12])
+def test_a_tiny_temperature_is_greedy_not_an_error(temperature):
+    logits = np.random.default_rng(1).normal(scale=3, size=256).astype(np.float32)
+    p = SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0)
+    assert Sampler(p, 1).sample(logits) == int(np.argmax(logits))

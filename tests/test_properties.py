@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import GOLDEN
 from micromixer_edge.export.checkpoint import load_checkpoint
 from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.context import Context
 from micromixer_edge.format import EOS_ID
 from micromixer_edge.runtime.sampling import Sampler, SamplingParams, sample_rows
 
@@ -93,10 +92,10 @@ def test_long_stream_drift_against_float64(export_file):
     n = 100_000
     onnx_model = MixerModel(export_file("brief_1m_model"))
     ids = np.random.default_rng(0).integers(32, 127, n)
-    ctx = Context(onnx_model, 1, "unbounded")
+    stepper = onnx_model.stepper(1)  # unbounded: one step a token, never a reset
     for t in ids[:-5]:
-        ctx.feed([t])
-    late = np.stack([ctx.feed([t])[0] for t in ids[-5:]])
+        stepper.step_one(int(t))
+    late = np.stack([stepper.step_one(int(t)).copy() for t in ids[-5:]])
     m64 = load_checkpoint(GOLDEN / "brief_1m_model.pt").model.double()
     state = torch.zeros(3, 1, 224, dtype=torch.float64)
     with torch.no_grad():

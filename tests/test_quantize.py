@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DATA
+from micromixer_edge.runtime.context import DEFAULT_CONTEXT_MODE
 from micromixer_edge import format as fmt
 from micromixer_edge.quantize.cli import quantize_command
 from micromixer_edge.quantize.quantize import QuantOptions, quantize_file
@@ -88,7 +89,7 @@ def test_cli_report_is_consistent(export_file, tmp_path):
     assert math.isclose(report["size_ratio"], report["quant_bytes"] / report["float_bytes"])
     stories = read_stories(DATA / "valid.txt")[:30]
     for key, path in (("float_bits_per_byte", src), ("quant_bits_per_byte", out)):
-        direct = bits_per_byte(MixerModel(path), stories, fmt.DEFAULT_CONTEXT_MODE).bits_per_byte
+        direct = bits_per_byte(MixerModel(path), stories, DEFAULT_CONTEXT_MODE).bits_per_byte
         assert math.isclose(report[key], direct, rel_tol=1e-9)
     assert 0 <= report["mean_kl_nats"] < 0.05 and 0.95 <= report["top1_agreement"] <= 1
     assert report["tokens"] == sum(len(s) + 1 for s in stories)

@@ -14,7 +14,8 @@ from conftest import ATOL, ROOT, golden_greedy, golden_reference
 from micromixer_edge import format as fmt
 from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
-from micromixer_edge.runtime.context import Context
+from micromixer_edge.runtime.context import CONTEXT_MODES, sequence_logits
+from oracle import ContextOracle
 from micromixer_edge.runtime.generate import GenerationStats, generate, generate_batch
 from micromixer_edge.runtime.textstream import TextStream
 
@@ -43,9 +44,9 @@ def test_random_weight_greedy_matches_original(export_file, size):
     ref = golden_reference(size)
     for i in range(4):
         prompt, want = ref[f"prompt{i}"], ref[f"greedy{i}"]
-        ctx = Context(model, 1, "window")
+        ctx = ContextOracle(model, "window")
         ids = list(prompt)
-        logits = ctx.feed_sequence(prompt)[-1]
+        logits = ctx.feed(prompt)[-1]
         while len(ids) < len(want):
             ids.append(int(np.argmax(logits)))
             logits = ctx.feed([ids[-1]])[0]
@@ -59,14 +60,14 @@ def test_seeded_sampling_is_reproducible(export_file):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("mode", fmt.CONTEXT_MODES)
+@pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_context_modes_past_the_window(export_file, mode):
     """Below W every mode is the plain model; past W, window equals the golden long logits."""
     model = MixerModel(export_file("100k_model"))
     ref = golden_reference("100k")
     W = model.max_seq_len
-    ctx = Context(model, 1, mode)
-    logits = ctx.feed_sequence(ref["long_ids"])
+    ctx = ContextOracle(model, mode)
+    logits = ctx.feed(ref["long_ids"])
     whole, _ = model.prefill(ref["long_ids"][:W])
     np.testing.assert_allclose(logits[:W], whole[0], atol=ATOL, rtol=1e-5)
     if mode == "window":  # the original's output for the last W tokens is its last row
@@ -75,13 +76,13 @@ def test_context_modes_past_the_window(export_file, mode):
     assert position == len(ref["long_ids"]) if mode == "unbounded" else position <= W
 
 
-def test_feed_matches_feed_sequence_in_every_mode(export_file):
+def test_sequence_logits_match_the_modes_definition(export_file):
+    """Scoring's few-calls path (runtime/context.py) == the modes fed token by token."""
     model = MixerModel(export_file("100k_model"))
     ids = golden_reference("100k")["long_ids"]
-    for mode in fmt.CONTEXT_MODES:
-        a, b = Context(model, 1, mode), Context(model, 1, mode)
-        seq = a.feed_sequence(ids)
-        steps = np.stack([b.feed([t])[0] for t in ids])
+    for mode in CONTEXT_MODES:
+        seq = sequence_logits(model, ids, mode)
+        steps = ContextOracle(model, mode).feed(ids)
         np.testing.assert_allclose(steps, seq, atol=ATOL, rtol=1e-5, err_msg=mode)
 
 

@@ -420,3 +420,81 @@ def test_sigterm_cuts_a_stream_with_an_error_event_not_a_length(bundled):
     last = json.loads(events[-2])
     assert last["error"]["code"] == "shutdown" and "choices" not in last
     assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-2])
+
+
+# --- found by an outside tester ------------------------------------------------------------------
+def test_stray_bytes_after_an_answer_cannot_hold_a_connection(server):
+    """Blank lines between keep-alive requests (which never begin a request) start the clock too."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        try:
+            for _ in range(12):
+                s.sendall(b"\r\n")
+                time.sleep(0.25)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _closed_by_server(s, 3.0) and time.monotonic() - t0 < 4.5
+
+
+def _rss_mb(pid) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_an_endless_head_is_431_not_a_gigabyte(server):
+    """30 MB of header lines: the server answers 431 past 64 KB and closes (the client may see
+    the close as a reset, having sent more), and its memory does not grow with what was sent."""
+    before = _rss_mb(server.proc.pid)
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(15000):
+                s.sendall(b"X-A: " + b"b" * 2040 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = _answer(s)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
+    assert _rss_mb(server.proc.pid) - before < 20 and _health(server.url)["status"] == "ok"
+
+
+def test_malformed_http_gets_a_json_400(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad\x00Header: 1\r\n\r\n")
+        answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 400") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+
+
+def test_a_body_that_is_not_json_is_415(server):
+    r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "Hi"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [{"temperature": 1e-308}, {"temperature": 5e-324}, {"temperature": 2.0, "top_k": 0,
+                                                                                      "top_p": 1, "min_p": 0}])
+def test_extreme_but_allowed_sampling_values_complete(server, body):
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 8, **body})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length"), r.text
+
+
+def test_a_penalty_that_would_overflow_is_refused(server):
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "repeat_penalty": 1e-310})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "repeat_penalty"
+
+
+def test_a_burst_within_rows_plus_queue_is_never_429(bundled):
+    s = Served(bundled["int8"], "--max-batch", "4", "--max-queue", "8")
+    try:
+        for _ in range(3):
+            with concurrent.futures.ThreadPoolExecutor(12) as pool:
+                codes = list(pool.map(lambda i: httpx.post(s.url + "/v1/completions", timeout=30,
+                                                           json={"prompt": "Hi", "max_tokens": 1}).status_code,
+                                      range(12)))
+            assert codes == [200] * 12
+    finally:
+        assert s.stop() == 0

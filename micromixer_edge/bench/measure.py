@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..codec import encode_prompt
-from ..runtime.context import Context
-from ..runtime.generate import GenerateOptions, GenerationStats, generate, stream
+from ..runtime.engine import GenerateOptions, GenerationStats
+from ..runtime.generate import generate, stream
 from ..runtime.model import MixerModel
 from ..runtime.sampling import SamplingParams
 
@@ -74,11 +74,11 @@ def prefill_ms(model: MixerModel) -> float:
 
 
 def batch_tokens_per_s(model: MixerModel, batch: int, steps: int = 64) -> float:
-    ctx = Context(model, batch)
+    stepper = model.stepper(batch)
     tokens = np.full(batch, 65)
     t0 = time.perf_counter()
     for _ in range(steps):
-        ctx.feed(tokens)
+        stepper.step(tokens)
     return batch * steps / (time.perf_counter() - t0)
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import format as fmt
-from ..format import DEFAULT_CONTEXT_MODE
-from ..runtime.context import Context
+from ..runtime.context import DEFAULT_CONTEXT_MODE, sequence_logits
 from ..codec import encode_story, read_stories
 from ..runtime.evaluate import log_softmax
 from ..runtime.model import MixerModel
@@ -67,7 +66,7 @@ class QuantReport:
 
 
 def _story_logprobs(model: MixerModel, ids: np.ndarray) -> np.ndarray:
-    return log_softmax(Context(model, 1, DEFAULT_CONTEXT_MODE).feed_sequence(ids[:-1]))
+    return log_softmax(sequence_logits(model, ids[:-1], DEFAULT_CONTEXT_MODE))
 
 
 def compare_on_text(fm, qm, stories):

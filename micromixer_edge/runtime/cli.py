@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import run_cli
-from ..format import BACKENDS, CONTEXT_MODES, DEFAULT_BACKEND, DEFAULT_CONTEXT_MODE
+from ..format import BACKENDS, DEFAULT_BACKEND
+from .context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 MODEL_ARG = click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=True))

@@ -1,99 +1,118 @@
-"""What happens past max_seq_len (W): the three context modes, for a batch of sequences.
+"""The context modes: what happens once a row's state holds W = max_seq_len tokens.
 
-- window:    the original behaviour. Past W, every token re-folds the last W tokens in one call,
-             positions restarting at 0: exact parity with MicroMixer-1's generate, O(W) per token.
-- halve:     when a row's state holds W tokens, re-fold its last W/2 in one call and keep stepping:
-             positions stay below W (as in training) at amortized O(1) per token.
-- unbounded: never reset; positions and sums grow without limit.
+A mode is two numbers. When a row's state holds `boundary(W)` tokens and a new token comes, the
+state restarts from position 0 with the row's last `keep(W)` tokens and the new one, folded in one
+call (a re-fold). Everything else follows from those two numbers and lives here once: which
+suffix of a long prompt a state depends on, where a row's next re-fold is, whether a lone row can
+fold the kept tokens ahead of time in a shadow slot (so that it never pauses), and the logits of a
+whole sequence fed under the mode (scoring: mixer-eval, the quantization report).
+
+- window:    boundary W, keep W-1: past W every token re-folds the last W (the original's
+             semantics: exact parity with MicroMixer-1's generate, O(W) per token).
+- halve:     boundary W, keep W/2: positions stay below W as in training, amortized O(1).
+- unbounded: never; positions and sums grow without limit.
+
+A fourth mode is one more class in MODES.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..format import MixerError, CONTEXT_MODES, DEFAULT_CONTEXT_MODE
-from .model import MixerModel, State
+from ..errors import MixerError
 
 
-class Context:
-    """Feeds tokens to a model under a context mode; one row per sequence."""
+class ContextMode:
+    name = ""
 
-    def __init__(self, model: MixerModel, batch: int = 1, mode: str = DEFAULT_CONTEXT_MODE):
-        if mode not in CONTEXT_MODES:
-            raise MixerError(f"unknown context mode {mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
-        self.model, self.mode, self.W = model, mode, model.max_seq_len
-        self._stepper = model.stepper(batch)
-        self.history: list[list[int]] = [[] for _ in range(batch)]  # recent tokens per row
+    def boundary(self, W: int) -> float:
+        """The position at which the next token re-folds the state (inf: never)."""
+        raise NotImplementedError
 
-    @property
-    def state(self) -> State:
-        """The live state of every row (a view: assign through `set_rows`)."""
-        return self._stepper.state
+    def keep(self, W: int) -> int:
+        """How many of the row's latest tokens a re-fold keeps (before the new one)."""
+        raise NotImplementedError
 
-    def _remember(self, row: int, tokens) -> None:
-        if self.mode != "unbounded":
-            h = self.history[row]
-            h.extend(tokens)
-            if len(h) > 2 * self.W:  # trim now and then, keeping the last W
-                del h[:-self.W]
+    # --- what follows from the two numbers, the same for every mode ---------------------------
+    def bounded(self, W: int) -> bool:
+        return self.boundary(W) != math.inf
 
-    def _refold(self, rows: list[int], keep: int, last: list[int] | None = None) -> np.ndarray:
-        """Restart rows from position 0 with their last `keep` tokens (+ one new token each)."""
-        block = np.array([self.history[r][-keep:] + ([last[i]] if last else [])
-                          for i, r in enumerate(rows)], dtype=np.int64)
-        logits, st = self.model.prefill(block)
-        self.state.set_rows(rows, st)
-        return logits[:, -1]
+    def suffix(self, position: int, n: int, W: int) -> int | None:
+        """After folding n tokens into a state that holds `position`, the state depends on the last
+        this-many tokens only (fold them from position 0); None: no re-fold, fold on."""
+        B, K = self.boundary(W), self.keep(W)
+        over = position + n - B  # tokens that arrive at or past the boundary
+        if over <= 0:
+            return None
+        return K + (over - 1) % (B - K) + 1  # a re-fold every B - K tokens; the last one's tokens
 
-    def feed_sequence(self, tokens, row: int = 0) -> np.ndarray:
-        """Fold a run of tokens into one row, in as few calls as the mode allows: (T,) -> (T, V)."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        out, i, W = [], 0, self.W
-        while i < len(tokens):
-            pos = int(self.state.position[row])
-            if self.mode == "window" and pos >= W:
-                out.append(self._refold([row], W - 1, [int(tokens[i])]))
-                self._remember(row, tokens[i:i + 1].tolist())
-                i += 1
-                continue
-            if self.mode == "halve" and pos >= W:
-                self._refold([row], W // 2)
-                pos = W // 2
-            n = len(tokens) - i if self.mode == "unbounded" else min(len(tokens) - i, W - pos)
-            logits, st = self.model.run(tokens[None, i:i + n], self.state.rows([row]))
-            self.state.set_rows([row], st)
-            self._remember(row, tokens[i:i + n].tolist())
-            out.append(logits[0])
-            i += n
-        return np.concatenate(out)
+    def shadow_from(self, W: int) -> int | None:
+        """A lone row can fold the tokens its next re-fold keeps ahead of time, in a second slot
+        that starts at this position, and take it over at the boundary with no pause; possible
+        when the kept tokens are exactly those since the shadow began (B = 2K: halve)."""
+        B, K = self.boundary(W), self.keep(W)
+        return B - K if self.bounded(W) and B == 2 * K else None
 
-    def feed_one(self, token: int) -> np.ndarray:
-        """`feed` for a single row: (V,) logits in a buffer that the next call overwrites."""
-        if self.mode == "unbounded":
-            return self._stepper.step_one(token)
-        if self._stepper.position[0] >= self.W:
-            return self.feed((token,))[0]
-        self._remember(0, (token,))
-        return self._stepper.step_one(token)
 
-    def feed(self, tokens) -> np.ndarray:
-        """One new token per row, (B,) -> next-token logits (B, V); one call for the common case."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if self.mode == "unbounded" or self._stepper.position.max() < self.W:
-            logits = self._stepper.step(tokens).copy()
+class Window(ContextMode):
+    name = "window"
+
+    def boundary(self, W):
+        return W
+
+    def keep(self, W):
+        return W - 1
+
+
+class Halve(ContextMode):
+    name = "halve"
+
+    def boundary(self, W):
+        return W
+
+    def keep(self, W):
+        return W // 2
+
+
+class Unbounded(ContextMode):
+    name = "unbounded"
+
+    def boundary(self, W):
+        return math.inf
+
+    def keep(self, W):
+        return 0
+
+
+MODES = {m.name: m for m in (Halve(), Window(), Unbounded())}
+CONTEXT_MODES = tuple(MODES)      # the CLI's choices and the server's
+DEFAULT_CONTEXT_MODE = "halve"
+
+
+def context_mode(name: str) -> ContextMode:
+    try:
+        return MODES[name]
+    except (KeyError, TypeError):
+        raise MixerError(f"unknown context mode {name!r}; choose one of {', '.join(CONTEXT_MODES)}") from None
+
+
+def sequence_logits(model, ids, mode: str = DEFAULT_CONTEXT_MODE) -> np.ndarray:
+    """(T,) token ids -> (T, V): the logits after each token, as feeding the ids one by one under
+    the mode gives them, in as few calls as the mode allows (one call, chunks or token by token
+    give the same bits). Teacher forcing: what scoring needs."""
+    m, W = context_mode(mode), model.max_seq_len
+    B, K = m.boundary(W), m.keep(W)
+    ids, out, state, i = np.asarray(ids, np.int64), [], model.new_state(1), 0
+    while i < len(ids):
+        pos = int(state.position[0])
+        if pos >= B:  # a re-fold: the last K tokens from position 0, and as many new ones as fit
+            n = min(len(ids) - i, int(B) - K)
+            logits, state = model.prefill(ids[None, i - K:i + n])
+            out.append(logits[0, K:])
         else:
-            full = self._stepper.position >= self.W
-            rows = np.flatnonzero(full).tolist()
-            if self.mode == "halve":
-                self._refold(rows, self.W // 2)
-                logits = self._stepper.step(tokens).copy()
-            else:  # window: full rows re-fold their last W tokens; the others step
-                logits = np.empty((len(tokens), self.model.config.vocab_size), np.float32)
-                logits[rows] = self._refold(rows, self.W - 1, tokens[rows].tolist())
-                rest = np.flatnonzero(~full)
-                if len(rest):
-                    logits[rest], st = self.model.step(tokens[rest], self.state.rows(rest))
-                    self.state.set_rows(rest, st)
-        if self.mode != "unbounded":
-            for row, token in enumerate(tokens.tolist()):
-                self._remember(row, (token,))
-        return logits
+            n = len(ids) - i if B == math.inf else min(len(ids) - i, int(B) - pos)
+            logits, state = model.run(ids[None, i:i + n], state)
+            out.append(logits[0])
+        i += n
+    return np.concatenate(out)

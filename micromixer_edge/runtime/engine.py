@@ -5,30 +5,33 @@ server. A row owns its prompt, sampler (its own seeded generator), stop strings,
 mode and UTF-8 text stream, so its bytes are the same whether it runs alone or beside others: the
 graph's rows are independent, and the default int8 is too (docs/format.md).
 
-Past max_seq_len (W), per row:
-- unbounded: never reset.
-- window:    the original's semantics: each new token re-folds the last W tokens (its own call).
-- halve:     the state restarts from the last W/2 tokens whenever it holds W. In a batch, one call
-             re-folds them at W. A lone row (mixer-run, one stream) has no pause: from position W/2
-             on, a *shadow* slot folds the same tokens from position 0 in the same call, and at W it
-             takes over: it then holds exactly what the re-fold would make (one call = token by
-             token, bit for bit). In a batch a shadow would double each row's work, where a re-fold
-             costs one call per W/2 bytes.
+Past max_seq_len (W), each row follows its context mode (runtime/context.py: where the mode
+re-folds and what it keeps). In a batch, a row at its boundary re-folds in one call of its own. A
+lone row (mixer-run, one stream) in a mode that allows it (halve) has no pause: from the mode's
+shadow position on, a *shadow* slot folds the tokens the re-fold will keep, from position 0, in
+the same call, and at the boundary it takes over: it then holds exactly what the re-fold would
+make (one call = token by token, bit for bit). In a batch a shadow would double each row's work,
+where a re-fold costs one call per W/2 bytes.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..codec import encode_prompt
-from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE, EOS_ID, MixerError
+from ..format import EOS_ID, MixerError
 from . import snapshot
-from .model import MixerModel, State
-from .sampling import Sampler, SamplingParams, sample_rows
+from .context import DEFAULT_CONTEXT_MODE, ContextMode, context_mode
+from .state import State
+from .sampling import Sampler, SamplingParams, sample_rows, seed_value
 from .textstream import TextStream
+
+if TYPE_CHECKING:
+    from .model import MixerModel
 
 FOLD_CHUNK = 4096  # unbounded prompts fold in calls of this many tokens
 
@@ -57,8 +60,7 @@ class GenerateOptions:
     def __post_init__(self):
         if self.max_new_tokens < 0:
             raise MixerError("max new tokens must be >= 0")
-        if self.context not in CONTEXT_MODES:
-            raise MixerError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
+        context_mode(self.context)  # a known name
 
     @classmethod
     def of(cls, max_new_tokens: int = 256, seed: int | None = None, stop=(), context: str = DEFAULT_CONTEXT_MODE,
@@ -75,22 +77,20 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
     """Fold tokens into one row: the (last logits (V,), state) that feeding `new` token by token
     under `mode` would give, after `history` (the row's latest tokens) made `state`.
 
-    A mode's re-folds make the state depend on the last tokens only: the last W in window mode;
-    in halve mode the suffix since the last re-fold point, which arithmetic finds. So a long
-    prompt costs O(W) there; unbounded folds everything, in calls of FOLD_CHUNK tokens.
+    A mode's re-folds make the state depend on a suffix of the tokens only (ContextMode.suffix),
+    so a long prompt costs O(W) in a bounded mode; unbounded folds everything, in calls of
+    FOLD_CHUNK tokens.
     """
-    W, half = model.max_seq_len, model.max_seq_len // 2
     pos = int(state.position[0]) if state is not None else 0
-    if mode != "unbounded" and pos + len(new) > W:
-        over = pos + len(new) - W  # tokens past the fill; halve re-folds to W/2 every W/2
-        keep = W if mode == "window" else half + (over - 1) % half + 1
+    keep = context_mode(mode).suffix(pos, len(new), model.max_seq_len)
+    if keep is not None:
         new, state = (list(history) + list(new))[-keep:], None
         if len(new) < keep:
             raise MixerError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
     state = state if state is not None else model.new_state(1)
-    logits, chunk = None, FOLD_CHUNK if mode == "unbounded" else W
-    for i in range(0, len(new), chunk):
-        logits, state = model.run(np.asarray([new[i:i + chunk]], np.int64), state)
+    logits = None
+    for i in range(0, len(new), FOLD_CHUNK):
+        logits, state = model.run(np.asarray([new[i:i + FOLD_CHUNK]], np.int64), state)
     return (None if logits is None else logits[0, -1].copy()), state
 
 
@@ -118,6 +118,10 @@ class Row:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def mode(self) -> ContextMode:
+        return context_mode(self.options.context)
 
 
 class Engine:
@@ -151,7 +155,8 @@ class Engine:
         if prompt and row.options.sampling.repeat_last_n:
             row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
         row.shadow = None
-        if mode == "halve" and row.position >= self.W // 2:
+        start = row.mode.shadow_from(self.W)
+        if start is not None and row.position >= start:
             self._start_shadow(row)
         if prompt:
             row.stats.prompt_tokens += len(ids)
@@ -303,35 +308,34 @@ class Engine:
         return failed
 
     def _remember(self, row: Row) -> None:
-        """window and halve keep the latest tokens, which they may re-fold (trimmed now and then)."""
-        if row.event <= self.W:
+        """A bounded mode keeps the latest tokens, which it may re-fold (trimmed now and then)."""
+        if row.event <= self.W:  # (a bounded mode's event is never past W)
             row.history.append(row.last)
             if len(row.history) > 2 * self.W:
                 del row.history[:-self.W]
 
     def _boundaries(self) -> dict[int, int]:
-        """Rows at their mode's next boundary; returns {row index: tokens its re-fold keeps before
-        the new one}: window rows past W, halve rows at W without a shadow. A lone halve row's
-        shadow starts at W/2 and takes over at W. Updates each row's `event`."""
+        """Rows at their mode's boundary; returns {row index: tokens its re-fold keeps before the
+        new one}, for rows without a shadow (a shadow takes over instead). A lone row starts its
+        shadow at the mode's shadow position. Updates each row's `event`."""
         W, refold = self.W, {}
         for i, row in enumerate(self.rows):
-            mode = row.options.context
-            if mode == "halve" and row.position >= W:
-                if row.shadow is not None:  # the shadow holds the last W/2 tokens
+            mode = row.mode
+            if row.position >= mode.boundary(W):
+                if row.shadow is not None:  # the shadow holds the tokens the re-fold keeps
                     self._take_over(i, row)
                 else:
-                    refold[i] = W // 2
-            if mode == "halve" and row.shadow is None and row.position == W // 2 and len(self.rows) == 1:
+                    refold[i] = mode.keep(W)
+            start = mode.shadow_from(W)
+            if row.shadow is None and row.position == start and len(self.rows) == 1:
                 self._detach()
                 self._start_shadow(row)
-            if mode == "window" and row.position >= W:
-                refold[i] = W - 1
             self._set_event(row)
         return refold
 
     def _start_shadow(self, row: Row) -> None:
-        """halve: a slot that folds the row's tokens since W/2 from position 0."""
-        since = row.position - self.W // 2
+        """A slot that folds, from position 0, the row's tokens since its mode's shadow position."""
+        since = row.position - row.mode.shadow_from(self.W)
         if since == 0:
             row.shadow = (np.zeros_like(row.sums), 0)
             return
@@ -351,9 +355,10 @@ class Engine:
         row.position = int(st.position[i])
 
     def _set_event(self, row: Row) -> None:
-        mode, W = row.options.context, self.W
-        row.event = (float("inf") if mode == "unbounded" else
-                     W // 2 if mode == "halve" and row.shadow is None and row.position < W // 2 else W)
+        """The position at which the row's mode next acts: its shadow's start, or its boundary."""
+        mode, W = row.mode, self.W
+        start = mode.shadow_from(W)
+        row.event = start if start is not None and row.shadow is None and row.position < start else mode.boundary(W)
 
     def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
         """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
@@ -402,7 +407,7 @@ class Engine:
         re-seeds the fork's sampler (else it goes on from the row's random state)."""
         fork = self.restore(self.snapshot(row), options or row.options)
         if options is not None and options.seed is not None:
-            fork.sampler.rng.seed(options.seed)
+            fork.sampler.rng.seed(seed_value(options.seed))
         return fork
 
     def run(self):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..codec import encode_story
-from .context import Context
+from .context import sequence_logits
 from .model import MixerModel
 
 
@@ -32,7 +32,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def story_nats(model: MixerModel, story: bytes, mode: str) -> tuple[float, int]:
     """Total next-token loss (nats) of [bos] + story + [eos], and the count of predicted tokens."""
     ids = encode_story(story)
-    logits = Context(model, 1, mode).feed_sequence(ids[:-1])  # (T-1, V)
+    logits = sequence_logits(model, ids[:-1], mode)  # (T-1, V)
     logp = log_softmax(logits)
     return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1
 

@@ -1,12 +1,14 @@
 """Text generation: thin uses of the engine (runtime/engine.py), one row or many."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .engine import Engine, GenerateOptions, GenerationStats
-from .model import MixerModel
 
-__all__ = ["GenerateOptions", "GenerationStats", "stream", "generate", "generate_batch"]
+if TYPE_CHECKING:
+    from .model import MixerModel
+
+__all__ = ["stream", "generate", "generate_batch"]
 
 
 def stream(model: MixerModel, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),

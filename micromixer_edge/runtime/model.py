@@ -11,30 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import format as fmt
+from .context import DEFAULT_CONTEXT_MODE
+from .engine import GenerateOptions
+from .generate import generate as _generate, generate_batch as _generate_batch, stream as _stream
 from .sampling import SamplingParams
+from .state import State
 
 try:
     import onnxruntime as ort
 except ImportError:  # boards without an onnxruntime wheel (armv7) use the numpy backend
     ort = None
-
-
-@dataclasses.dataclass
-class State:
-    """The running sums the graph carries: `sums` (L, B, H) float32 and `position` (B,) int64."""
-    sums: np.ndarray
-    position: np.ndarray
-
-    @property
-    def batch(self) -> int:
-        return self.sums.shape[1]
-
-    def rows(self, index) -> "State":
-        return State(self.sums[:, index], self.position[index])
-
-    def set_rows(self, index, other: "State") -> None:
-        self.sums[:, index] = other.sums
-        self.position[index] = other.position
 
 
 # onnxruntime fuses the last residual Add into the final LayerNormalization as the contrib op
@@ -142,19 +128,17 @@ class MixerModel:
                  temperature: float = SamplingParams.temperature, top_k: int = SamplingParams.top_k,
                  top_p: float = SamplingParams.top_p, min_p: float = SamplingParams.min_p,
                  repetition_penalty: float = SamplingParams.repetition_penalty, seed: int | None = None, stop: str | tuple[str, ...] = (),
-                 context: str = fmt.DEFAULT_CONTEXT_MODE, stream: bool = False, **sampling):
+                 context: str = DEFAULT_CONTEXT_MODE, stream: bool = False, **sampling):
         """The continuation of `prompt` as text; with stream=True, an iterator of text pieces."""
-        from .generate import GenerateOptions, generate, stream as pieces
         options = GenerateOptions.of(max_new_tokens, seed, stop, context, temperature=temperature, top_k=top_k,
                                      top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, **sampling)
-        return pieces(self, prompt, options) if stream else generate(self, prompt, options)
+        return _stream(self, prompt, options) if stream else _generate(self, prompt, options)
 
     def generate_batch(self, prompts: list[str | bytes], max_new_tokens: int = 256, seed: int | None = None,
-                       stop: str | tuple[str, ...] = (), context: str = fmt.DEFAULT_CONTEXT_MODE,
+                       stop: str | tuple[str, ...] = (), context: str = DEFAULT_CONTEXT_MODE,
                        **sampling) -> list[str]:
         """One text per prompt, all rows stepping together; row i equals generate(prompts[i], ...)."""
-        from .generate import GenerateOptions, generate_batch
-        return generate_batch(self, prompts, GenerateOptions.of(max_new_tokens, seed, stop, context, **sampling))
+        return _generate_batch(self, prompts, GenerateOptions.of(max_new_tokens, seed, stop, context, **sampling))
 
     def stepper(self, batch: int = 1) -> "Stepper | PlainStepper":
         """A stateful single-token decoder (IO binding where onnxruntime runs the file)."""

@@ -28,6 +28,9 @@ from ..format import MixerError, BOS_ID, EOS_ID, PAD_ID
 BANNED = (PAD_ID, BOS_ID)  # never sampled; eos too when ignore_eos (banned_ids)
 
 
+MIN_PENALTY = 0.01  # logits over a smaller penalty could overflow to inf
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8     # 0 = greedy argmax
@@ -43,7 +46,7 @@ class SamplingParams:
                   (self.top_k >= 0, "top-k must be >= 0 (0 turns it off)"),
                   (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "min-p must be in [0, 1]"),
-                  (self.repetition_penalty > 0, "repetition penalty must be > 0"),
+                  (self.repetition_penalty >= MIN_PENALTY, f"repetition penalty must be >= {MIN_PENALTY}"),
                   (self.repeat_last_n >= 0, "repeat-last-n must be >= 0")]
         for ok, message in checks:
             if not ok:
@@ -57,12 +60,18 @@ def banned_ids(params: "SamplingParams") -> tuple[int, ...]:
     return BANNED + ((EOS_ID,) if params.ignore_eos else ())
 
 
+def seed_value(seed: int | None) -> int | None:
+    """The generator's seed: random.Random seeds with |seed|, so -5 and 5 would draw the same
+    bytes; seeds are taken modulo 2**64 instead (the same for every seed in [0, 2**64))."""
+    return None if seed is None else seed % 2**64
+
+
 class Sampler:
     """One row's sampling parameters and seeded generator."""
 
     def __init__(self, params: SamplingParams, seed: int | None = None, vocab_size: int = 256):
         self.params = params
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed_value(seed))
         self.banned = list(banned_ids(params))
         self._allowed = [i not in self.banned for i in range(vocab_size)]  # by id, for the greedy fast path
         self.plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
@@ -129,17 +138,19 @@ def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> l
             drawn.append(r)
     if drawn:
         x = x if len(drawn) == len(rest) else x[drawn]
-        x /= np.array([[sub[r].temperature] for r in drawn])
         for r, token in zip(drawn, _draw(x, [sub[r] for r in drawn])):
             out[rest[r]] = token
     return out
 
 
 def _draw(x: np.ndarray, samplers: list[Sampler]) -> list[int]:
-    """Tempered (R, V) logits -> one byte per row. numpy finds each row's min-p candidates (few);
-    Python floats finish each row, so nothing a row computes depends on the other rows."""
+    """(R, V) logits -> one byte per row at each row's temperature. numpy finds each row's min-p
+    candidates (few); Python floats finish each row, so nothing a row computes depends on the
+    other rows."""
     R, V = x.shape
-    x -= x.max(axis=1, keepdims=True)  # (R, V) log p relative to the most likely byte: <= 0
+    x -= x.max(axis=1, keepdims=True)  # <= 0 before the division: a tiny temperature cannot overflow
+    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the most likely, as meant
+        x /= np.array([[s.temperature] for s in samplers])  # (R, V) log p relative to the most likely byte
     flat = (x >= np.array([[s.log_min_p] for s in samplers])).ravel().nonzero()[0]  # row-major
     bounds = np.searchsorted(flat, np.arange(0, (R + 1) * V, V)).tolist()  # each row's slice
     ids, logp = (flat % V).tolist(), x.ravel()[flat].tolist()

@@ -62,7 +62,11 @@ class Service:
 
     async def body(self, request: Request) -> bytes:
         """The request body, at most settings.max_body_bytes (its time limit is the protocol's:
-        serve/http.py closes a request that has not arrived whole within --timeout-seconds)."""
+        serve/http.py closes a request that has not arrived whole within --timeout-seconds). JSON
+        only: a page on another site can POST text/plain without asking (no CORS preflight)."""
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            raise BadRequest(415, f"the body must be JSON (Content-Type: application/json), not {kind!r}")
         limit, length = self.settings.max_body_bytes, request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise BadRequest(413, f"the request body is over {limit} bytes")

@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 from ..codec import utf8
 from ..errors import MixerError
-from ..format import CONTEXT_MODES, DEFAULT_CONTEXT_MODE, VOCAB_SIZE
+from ..format import VOCAB_SIZE
+from ..runtime.context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 from ..runtime.engine import GenerateOptions
+from ..runtime.sampling import MIN_PENALTY
 from .settings import Settings
 
 DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
@@ -61,7 +63,8 @@ FIELDS = (
     Field("top_k", lambda v, s: _integer(v) and 0 <= v <= VOCAB_SIZE,
           lambda s: f"an integer from 0 to {VOCAB_SIZE} (0: off)", "top_k"),
     Field("min_p", lambda v, s: _number(v) and 0 <= v <= 1, lambda s: "a number from 0 to 1", "min_p"),
-    Field("repeat_penalty", lambda v, s: _number(v) and 0 < v <= 10, lambda s: "a number in (0, 10]",
+    Field("repeat_penalty", lambda v, s: _number(v) and MIN_PENALTY <= v <= 10,
+          lambda s: f"a number from {MIN_PENALTY} to 10",
           "repetition_penalty"),
     Field("seed", lambda v, s: _integer(v) and -2**63 <= v < 2**63, lambda s: "a 64-bit integer", "seed"),
     Field("stop", lambda v, s: _stop(v), lambda s: f"a non-empty string or a list of at most {MAX_STOP_STRINGS}",

@@ -7,6 +7,11 @@
 - At most `max_connections` connections are open: uvicorn's limit_concurrency answers 503 to
   requests past its limit but accepts and keeps any number of connections; here a connection past
   the limit gets a JSON 503 and is closed at once.
+- A request's head (request line and headers) is at most MAX_HEAD_BYTES: httptools buffers any
+  amount (a stream of header lines took 1 GB here); past it, a JSON 431 and the connection closes.
+Any byte that arrives starts the request clock, so bytes that never make a request (blank lines
+between keep-alive requests, the rest of a body the app did not read) cannot hold a connection.
+uvicorn's own answer to malformed HTTP is JSON here too.
 """
 from __future__ import annotations
 
@@ -22,15 +27,21 @@ def _response(status: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
+MAX_HEAD_BYTES = 64 * 1024
+
+
 def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn.Config(http=...)."""
     late = _response("408 Request Timeout", f"the request did not arrive within {timeout_seconds:g} s "
                                             "(--timeout-seconds)")
     full = _response("503 Service Unavailable", f"the server has --max-connections ({max_connections}) "
                                                 "open; try again")
+    large = _response("431 Request Header Fields Too Large", f"the request line and headers are over "
+                                                             f"{MAX_HEAD_BYTES} bytes")
 
     class GuardedProtocol(HttpToolsProtocol):
         _timer = None
+        _head = 0     # bytes of the request head so far (None: the head is complete)
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -40,9 +51,30 @@ def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpT
                 return
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            self._arm()
+            if self._head is not None:
+                self._head += len(data)
+                if self._head > MAX_HEAD_BYTES:
+                    return self._refuse(large)
+            super().data_received(data)
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._head = 0
             self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._head = None
+            super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            self._refuse(_response("400 Bad Request", f"malformed HTTP request: {msg}"))
+
+        def _refuse(self, response: bytes) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(response)
+                self.transport.close()
 
         def on_message_complete(self) -> None:
             self._disarm()

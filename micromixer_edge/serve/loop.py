@@ -73,7 +73,8 @@ class DecodeLoop:
         with self._wake:
             if not self.accepting or self.dead:
                 raise ShuttingDown()
-            if len(self._waiting) >= self.max_queue:
+            free_rows = max(0, self.max_batch - len(self._jobs) - len(self._admitting))
+            if len(self._waiting) >= self.max_queue + free_rows:  # (not yet admitted: still a free row's)
                 raise QueueFull()
             self._waiting.append(job)
             self._wake.notify()
