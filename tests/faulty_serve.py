@@ -1,5 +1,5 @@
 """mixer-serve with faults injected by prompt, for test_serve_robust.py (run as a script):
-- a prompt starting "FAIL-PREPARE" fails while its row is prepared (Engine.add);
+- a prompt starting "FAIL-PREPARE" fails while its row is prepared (Engine.prefill);
 - a row whose seed is 666 fails in its own draw after 20 bytes (Sampler.pick);
 - a row whose seed is 777 fails in its own re-fold (Engine._refold: window mode past W);
 - a prompt starting "FAIL-STEP" makes the next shared onnxruntime call fail (the whole step);
@@ -10,17 +10,17 @@ from micromixer_edge.runtime import engine, sampling
 from micromixer_edge.serve import loop
 from micromixer_edge.serve.cli import main
 
-add, pick, feed, step = engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed, loop.DecodeLoop._step
+prefill, pick, feed, step = engine.Engine.prefill, sampling.Sampler.pick, engine.Engine._feed, loop.DecodeLoop._step
 refold = engine.Engine._refold
 state = {"fail_step": False}
 
 
-def faulty_add(self, prompt, options=engine.GenerateOptions(), stats=None):
+def faulty_prefill(self, row, prompt):
     if isinstance(prompt, str) and prompt.startswith("FAIL-PREPARE"):
         raise RuntimeError("injected: preparation failed")
     if isinstance(prompt, str) and prompt.startswith("FAIL-STEP"):
         state["fail_step"] = True
-    return add(self, prompt, options, stats)
+    return prefill(self, row, prompt)
 
 
 def faulty_pick(self, ids, logp):
@@ -48,7 +48,7 @@ def faulty_step(self):
     return step(self)
 
 
-new_row = engine.Engine._new_row
+new_row = engine.Engine.new_row
 
 
 def doomed_row(self, options, stats=None):
@@ -57,8 +57,8 @@ def doomed_row(self, options, stats=None):
     return row
 
 
-engine.Engine.add, sampling.Sampler.pick, engine.Engine._feed = faulty_add, faulty_pick, faulty_feed
-engine.Engine._new_row, loop.DecodeLoop._step, engine.Engine._refold = doomed_row, faulty_step, faulty_refold
+engine.Engine.prefill, sampling.Sampler.pick, engine.Engine._feed = faulty_prefill, faulty_pick, faulty_feed
+engine.Engine.new_row, loop.DecodeLoop._step, engine.Engine._refold = doomed_row, faulty_step, faulty_refold
 
 if __name__ == "__main__":
     sys.argv[0] = "mixer-serve"

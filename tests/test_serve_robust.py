@@ -498,3 +498,36 @@ def test_a_burst_within_rows_plus_queue_is_never_429(bundled):
             assert codes == [200] * 12
     finally:
         assert s.stop() == 0
+
+
+def test_long_prompts_fold_beside_the_streams_not_in_front_of_them(bundled):
+    """Four 64 KB unbounded prompts (1.5 s of folding each here) while a stream runs: the stream
+    never stops for a prompt's whole fold (they fold on the prefill thread), and each long prompt
+    gets the bytes it makes alone."""
+    s = Served(bundled["int8"], "--max-prompt-bytes", "70000")
+    try:
+        big = ["Once upon a time, " * 3641 + str(i) for i in range(4)]  # 65,540 bytes each
+        gaps, done = [], []
+
+        def watch():
+            body = {"prompt": "Lily", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+            last = time.monotonic()
+            with httpx.Client(timeout=60) as c, c.stream("POST", s.url + "/v1/completions", json=body) as r:
+                for line in r.iter_lines():
+                    now = time.monotonic()
+                    if line.startswith("data: ") and not done:
+                        gaps.append(now - last)
+                    last = now
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            stream = pool.submit(watch)
+            time.sleep(0.5)
+            answers = list(pool.map(lambda p: httpx.post(s.url + "/v1/completions", timeout=60, json={
+                "prompt": p, "max_tokens": 3, "seed": 1, "context": "unbounded"}).json(), big))
+            done.append(True)
+            stream.result()
+        assert max(gaps) < 1.0, f"the stream stopped for {max(gaps):.2f} s"
+        model = MixerModel(bundled["int8"])
+        want = generate(model, big[0], GenerateOptions.of(max_new_tokens=3, seed=1, context="unbounded"))
+        assert answers[0]["choices"][0]["text"] == want
+    finally:
+        assert s.stop() == 0

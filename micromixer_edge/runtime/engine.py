@@ -138,9 +138,15 @@ class Engine:
     def add(self, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
             stats: GenerationStats | None = None) -> Row:
         """Prefill a prompt ([bos] + utf8) and join the live rows."""
-        row = self._new_row(options, stats)
+        row = self.new_row(options, stats)
+        self.prefill(row, prompt)
+        return self.join(row)
+
+    def prefill(self, row: Row, prompt: str | bytes) -> None:
+        """Fold a new row's prompt ([bos] + utf8). It touches that row and the model alone, never
+        the live rows: a server may run it on another thread while steps go on (onnxruntime's
+        Run is thread-safe), then `join` the row."""
         self.extend(row, encode_prompt(prompt))
-        return self._join(row)
 
     def extend(self, row: Row, ids: list[int], prompt: bool = True) -> None:
         """Fold more tokens into a row that is not stepping (a new one, or a resumed snapshot);
@@ -162,11 +168,13 @@ class Engine:
             row.stats.prompt_tokens += len(ids)
             row.stats.prefill_s += time.perf_counter() - t0
 
-    def _new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
+    def new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
+        """A row with nothing folded yet (prefill or restore it, then join)."""
         return Row(options, Sampler(options.sampling, options.seed), TextStream(options.stop),
                    stats if stats is not None else GenerationStats(), [], [], id=next(self._ids))
 
-    def _join(self, row: Row) -> Row:
+    def join(self, row: Row) -> Row:
+        """The row joins the live rows (or ends at once: max_new_tokens 0)."""
         if row.options.max_new_tokens == 0:
             row.finish_reason = "length"
             return row
@@ -391,7 +399,7 @@ class Engine:
         folded in (no bos), joined to the live rows."""
         header, arrays = snapshot.decode(data)
         snapshot.check_model(header, self.model.sha256, self.model.config)
-        row = self._new_row(dataclasses.replace(options, context=header["context"]), stats)
+        row = self.new_row(dataclasses.replace(options, context=header["context"]), stats)
         row.sums, row.position, row.logits = arrays["sums"], int(header["position"]), arrays["logits"]
         row.history, row.recent = list(header["history"]), list(header["recent"])
         if header["shadow_position"] is not None:
@@ -400,7 +408,7 @@ class Engine:
         row.sampler.rng.setstate((version, tuple(mt), gauss))
         if more:
             self.extend(row, list(more))
-        return self._join(row)
+        return self.join(row)
 
     def fork(self, row: Row, options: GenerateOptions | None = None) -> Row:
         """Another continuation of a row's state without re-folding it; a seed in `options`
