@@ -528,6 +528,7 @@ def test_long_prompts_fold_beside_the_streams_not_in_front_of_them(bundled):
         assert max(gaps) < 1.0, f"the stream stopped for {max(gaps):.2f} s"
         model = MixerModel(bundled["int8"])
         want = generate(model, big[0], GenerateOptions.of(max_new_tokens=3, seed=1, context="unbounded"))
+        assert all("choices" in a for a in answers), answers
         assert answers[0]["choices"][0]["text"] == want
     finally:
         assert s.stop() == 0

@@ -54,10 +54,10 @@ def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpT
         def data_received(self, data: bytes) -> None:
             self._arm()
             if self._head is not None:
-                self._head += len(data)
-                if self._head > MAX_HEAD_BYTES:
-                    return self._refuse(large)
+                self._head += len(data)  # (a chunk may hold the whole head and some body: judged after)
             super().data_received(data)
+            if self._head is not None and self._head > MAX_HEAD_BYTES:
+                self._refuse(large)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
