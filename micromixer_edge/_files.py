@@ -6,11 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .format import MixerError
+from .errors import OutputError
 
-
-class OutputError(MixerError):
-    """An output path that cannot be written."""
 
 
 def check_output_path(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:

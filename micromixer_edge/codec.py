@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import MixerError, BOS_ID, EOS_ID
+from .errors import MixerError
+from .format import BOS_ID, EOS_ID
 
 
 def encode_prompt(prompt: str | bytes) -> list[int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from .errors import FormatError
+
 # --- metadata -------------------------------------------------------------------------------
 METADATA_KEY = "micromixer"          # key in ModelProto.metadata_props holding a JSON object
 FORMAT_VERSION = 1                   # what writers write
@@ -101,15 +103,6 @@ PARAM_COUNTS = {"100k": 136_908, "300k": 331_680, "500k": 557_328, "1m": 967_584
 def size_name(config: MixerConfig) -> str:
     """The preset name of a config, or "custom"."""
     return next((name for name, c in SIZES.items() if c == config), "custom")
-
-
-class MixerError(ValueError):
-    """Bad input from a user (a file, a flag, an argument): the CLI prints its message as one line.
-    Anything else that escapes is a bug and keeps its traceback."""
-
-
-class FormatError(MixerError):
-    """A model file that is not a MicroMixer export this code can read."""
 
 
 def make_metadata(config: MixerConfig, checkpoint_sha256: str, quantization: str = QUANT_NONE,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import GOLDEN
-from micromixer_edge.export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from micromixer_edge.errors import CheckpointError
+from micromixer_edge.export.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import ATOL, ROOT, golden_greedy, golden_reference
+from micromixer_edge.errors import FormatError
 from micromixer_edge import format as fmt
 from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
@@ -127,11 +128,11 @@ def _retag(src, dst, meta):
 def test_refuses_files_without_metadata_or_unknown_version(export_file, tmp_path):
     src = export_file("100k_model")
     _retag(src, tmp_path / "plain.onnx", None)
-    with pytest.raises(fmt.FormatError, match="not a MicroMixer export"):
+    with pytest.raises(FormatError, match="not a MicroMixer export"):
         MixerModel(tmp_path / "plain.onnx")
     meta = json.loads(onnx.load(str(src)).metadata_props[0].value)
     _retag(src, tmp_path / "v99.onnx", {**meta, "format_version": 99})
-    with pytest.raises(fmt.FormatError, match="format_version 99 is not supported"):
+    with pytest.raises(FormatError, match="format_version 99 is not supported"):
         MixerModel(tmp_path / "v99.onnx")
 
 

@@ -3,10 +3,7 @@ raw HTTP (httpx) for the bad-input matrix and dropped connections, and headless 
 playground. Every server here is started by the test, bounded in time, and stopped."""
 import concurrent.futures
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..format import SIZES, MixerError
+from ..errors import CheckpointError
+from ..format import SIZES
 from .._files import atomic_output
 from .model import MicroMixerV2
 
 TRAINER_KEY = "model_state_dict"
 TIED_KEY, EMBED_KEY = "lm_head.weight", "token_embedding.weight"
-
-
-class CheckpointError(MixerError):
-    """A checkpoint that cannot be loaded as a MicroMixerV2 model."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -13,6 +13,7 @@ import onnx
 import onnxscript.optimizer
 import torch
 
+from ..errors import ValidationError
 from .. import format as fmt
 from .model import MicroMixerV2
 from ..onnx_io import strip_debug_info, write_model
@@ -101,5 +102,3 @@ def export(model: MicroMixerV2, size: str, checkpoint_sha256: str, output: str |
     return ExportResult(Path(output), len(proto.graph.node), Path(output).stat().st_size, meta, diffs)
 
 
-class ValidationError(fmt.MixerError):
-    """onnxruntime disagrees with PyTorch beyond the tolerance."""

@@ -5,8 +5,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from ..errors import CheckpointError
 from ..format import HUB_FILENAME, HUB_REPOS, SIZES
-from .checkpoint import CheckpointError
 
 
 def bundled_path(size: str) -> Path | None:

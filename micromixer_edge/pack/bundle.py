@@ -19,7 +19,7 @@ import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 
-from .._files import OutputError
+from ..errors import OutputError
 from ..runtime.model import MixerModel
 
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")

@@ -26,6 +26,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnx import helper, numpy_helper
 
+from ..errors import MixerError, FormatError
 from .. import format as fmt
 from .._files import check_output_path
 from ..codec import encode_prompt, read_stories
@@ -56,12 +57,12 @@ def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
-        raise fmt.FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+        raise FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        raise fmt.FormatError(f"{path} has external data; MicroMixer exports are self-contained files")
+        raise FormatError(f"{path} has external data; MicroMixer exports are self-contained files")
     meta = read_metadata(model)
     if meta["quantization"] != fmt.QUANT_NONE:
-        raise fmt.FormatError(f"{path} is already quantized ({meta['quantization']}); "
+        raise FormatError(f"{path} is already quantized ({meta['quantization']}); "
                               "quantize the float export instead")
     return model, meta
 
@@ -244,10 +245,10 @@ def quantize_file(src: str | os.PathLike, output: str | os.PathLike, options: Qu
     """Quantize a float export into `output` (atomically); returns the new metadata."""
     out = check_output_path(output, src)
     if options.mode not in fmt.QUANT_SCHEMES:
-        raise fmt.MixerError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
+        raise MixerError(f"unknown mode {options.mode!r}; choose one of {', '.join(fmt.QUANT_SCHEMES)}")
     if options.mode == "static":
         if calibration is None:
-            raise fmt.MixerError("--mode static needs --calibration TEXT (stories separated by blank lines)")
+            raise MixerError("--mode static needs --calibration TEXT (stories separated by blank lines)")
         if not Path(calibration).is_file():
             raise FileNotFoundError(f"calibration file {calibration}: no such file")
     model, meta = load_micromixer(src)

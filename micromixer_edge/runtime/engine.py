@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import MixerError
 from ..codec import encode_prompt
-from ..format import EOS_ID, MixerError
+from ..format import EOS_ID
 from . import snapshot
 from .context import DEFAULT_CONTEXT_MODE, ContextMode, context_mode
 from .state import State

@@ -4,12 +4,12 @@ Everything the runner needs comes from the file itself (the `micromixer` metadat
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import MixerError, FormatError
 from .. import format as fmt
 from .context import DEFAULT_CONTEXT_MODE
 from .engine import GenerateOptions
@@ -46,13 +46,13 @@ def open_session(path: str | os.PathLike, threads: int = 1, backend: str = fmt.D
     """An onnxruntime (or numpy) session on a file; every failure becomes a one-line FormatError."""
     path = Path(path)
     if path.is_dir():
-        raise fmt.FormatError(f"{path} is a directory, not an .onnx file")
+        raise FormatError(f"{path} is a directory, not an .onnx file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if backend not in fmt.BACKENDS:
-        raise fmt.MixerError(f"unknown backend {backend!r}; choose one of {', '.join(fmt.BACKENDS)}")
+        raise MixerError(f"unknown backend {backend!r}; choose one of {', '.join(fmt.BACKENDS)}")
     if backend == "onnxruntime" and ort is None:
-        raise fmt.MixerError("onnxruntime is not installed; install it, or use --backend numpy")
+        raise MixerError("onnxruntime is not installed; install it, or use --backend numpy")
     try:
         if backend == "numpy" or (backend == "auto" and ort is None):
             from .numpy_backend import NumpySession
@@ -62,14 +62,14 @@ def open_session(path: str | os.PathLike, threads: int = 1, backend: str = fmt.D
                                     disabled_optimizers=DISABLED_OPTIMIZERS)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise fmt.FormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        raise FormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
 
 
 def check_interface(sess: ort.InferenceSession, path) -> None:
     names_in = [i.name for i in sess.get_inputs()]
     names_out = [o.name for o in sess.get_outputs()]
     if names_in != list(fmt.INPUT_NAMES) or names_out != list(fmt.OUTPUT_NAMES):
-        raise fmt.FormatError(f"{path}: inputs {names_in} / outputs {names_out} do not match the "
+        raise FormatError(f"{path}: inputs {names_in} / outputs {names_out} do not match the "
                               f"MicroMixer contract {list(fmt.INPUT_NAMES)} / {list(fmt.OUTPUT_NAMES)}")
 
 
@@ -78,7 +78,7 @@ class MixerModel:
 
     def __init__(self, path: str | os.PathLike, threads: int = 1, backend: str = fmt.DEFAULT_BACKEND):
         if threads < 1:
-            raise fmt.MixerError(f"threads must be at least 1, got {threads}")
+            raise MixerError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
         self.session = open_session(path, threads, backend)
         self.backend = "onnxruntime" if ort is not None and isinstance(self.session, ort.InferenceSession) else "numpy"

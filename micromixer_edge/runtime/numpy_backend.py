@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from ..format import MixerError
 
+from ..errors import MixerError
 from .protobuf import DTYPES, read_model
 
 _SQRT1_2 = 1 / math.sqrt(2)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from ..errors import MixerError
 
-from ..format import MixerError
 
 # TensorProto.DataType -> numpy dtype (INT4 is unpacked separately)
 DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,

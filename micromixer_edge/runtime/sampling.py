@@ -23,7 +23,8 @@ import random
 
 import numpy as np
 
-from ..format import MixerError, BOS_ID, EOS_ID, PAD_ID
+from ..errors import MixerError
+from ..format import BOS_ID, EOS_ID, PAD_ID
 
 BANNED = (PAD_ID, BOS_ID)  # never sampled; eos too when ignore_eos (banned_ids)
 

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from ..format import MixerError, NEEDS_DOT_PRODUCT
+from ..errors import MixerError
+from ..format import NEEDS_DOT_PRODUCT
 from .engine import Engine, GenerateOptions
 from .model import MixerModel, ort
 from .sampling import SamplingParams

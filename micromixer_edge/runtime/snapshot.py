@@ -19,14 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SnapshotError
 from .. import format as fmt
 
 _HEAD = struct.Struct("<8sHI")
 _CRC = struct.Struct("<I")
-
-
-class SnapshotError(fmt.FormatError):
-    """A snapshot that cannot be resumed here (corrupt, truncated, other model, other version)."""
 
 
 def file_sha256(path: str | Path) -> str:

@@ -15,9 +15,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..runtime.model import MixerModel
-from .fields import BadRequest, parse_completion
-from .loop import DecodeLoop, QueueFull, ShuttingDown
+from .fields import parse_completion
+from .loop import DecodeLoop
 from .metrics import Metrics
 from .settings import Settings
 

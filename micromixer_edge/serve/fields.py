@@ -13,8 +13,8 @@ import json
 import math
 from typing import Any, Callable
 
+from ..errors import MixerError, BadRequest
 from ..codec import utf8
-from ..errors import MixerError
 from ..format import VOCAB_SIZE
 from ..runtime.context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 from ..runtime.engine import GenerateOptions
@@ -23,14 +23,6 @@ from .settings import Settings
 
 DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
 MAX_STOP_STRINGS = 4      # OpenAI's limit
-
-
-class BadRequest(Exception):
-    """A request the server refuses: an HTTP status, a message, and the field at fault."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
 
 
 def _number(v) -> bool:

@@ -16,17 +16,10 @@ import threading
 import time
 import traceback
 
+from ..errors import QueueFull, ShuttingDown
 from ..runtime.engine import Engine, GenerateOptions, Row
 from ..runtime.model import MixerModel
 from .metrics import Metrics
-
-
-class QueueFull(Exception):
-    """More requests wait than --max-queue allows."""
-
-
-class ShuttingDown(Exception):
-    """The server stopped accepting requests."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-
 from ..errors import MixerError
+
 
 
 def _opt(default, help: str, minimum=None, maximum=None):
