@@ -28,7 +28,6 @@ MIN_OPSET, MAX_OPSET = 18, 20        # torch writes Split's num_outputs (18): 17
 # --- tokens: bytes are the tokens ----------------------------------------------------------
 VOCAB_SIZE = 256
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)
 
 # --- quantization scheme names (value of metadata "quantization") ---------------------------
 QUANT_NONE = "none"
@@ -40,9 +39,6 @@ QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
     "int4": "int4-matmulnbits",
 }
 DEFAULT_QUANT_MODE = "int8"
-# Schemes whose activation quantization spans the whole tensor: a row's logits then depend on its
-# batch neighbours and on how its sequence was cut into calls (see docs/format.md).
-BATCH_DEPENDENT_SCHEMES = ("int8-dynamic",)
 # Which engines run each scheme (tested: onnxruntime and this package's numpy backend; the
 # others by the operators each scheme uses: com.microsoft ops run in onnxruntime alone).
 SCHEME_ENGINES = {
@@ -91,6 +87,7 @@ class MixerConfig:
     vocab_size: int = VOCAB_SIZE
 
 
+DEFAULT_SIZE = "1m"  # the size of the bundled weights, and of every command's default
 SIZES = {
     "100k": MixerConfig(hidden_dim=84, channel_mlp_dim=128, max_seq_len=64),
     "300k": MixerConfig(hidden_dim=128, channel_mlp_dim=288, max_seq_len=128),

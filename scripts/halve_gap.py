@@ -1,16 +1,13 @@
 """3,000 greedy bytes in halve and in unbounded mode: bytes/s and the longest gap between two pieces
-(docs/performance.md). Runs on this tree or, with PYTHONPATH, an older checkout of it.
+(docs/performance.md).
 
     python scripts/halve_gap.py MODEL.onnx
 """
 import sys
 import time
-try:
-    from micromixer_edge.runtime.engine import GenerateOptions
-    from micromixer_edge.runtime.model import MixerModel as load
-    mk = GenerateOptions.of
-except ImportError:
-    from micromixer_edge.runtime.api import load_model as load, options_from as mk
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel as load
+mk = GenerateOptions.of
 from micromixer_edge.runtime.generate import stream
 m = load(sys.argv[1])
 for mode in ("halve", "unbounded"):

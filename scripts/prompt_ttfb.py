@@ -4,17 +4,11 @@
 """
 import sys
 import time
-try:
-    from micromixer_edge.runtime.engine import GenerateOptions
-    from micromixer_edge.runtime.model import MixerModel as load
-    mk = GenerateOptions.of
-except ImportError:
-    from micromixer_edge.runtime.api import load_model as load, options_from as mk
+from micromixer_edge.runtime.engine import GenerateOptions
+from micromixer_edge.runtime.model import MixerModel as load
+mk = GenerateOptions.of
 from micromixer_edge.runtime.generate import stream
-try:
-    from micromixer_edge.codec import read_stories
-except ImportError:
-    from micromixer_edge.runtime.evaluate import read_stories
+from micromixer_edge.codec import read_stories
 m = load(sys.argv[1])
 text = b"\n\n".join(read_stories("../shared/data/tinystories/train.txt")).decode("utf-8", "replace")
 for size in map(int, sys.argv[3].split(",")):

@@ -4,6 +4,9 @@ writes English; sizes without bundled weights say how to get some."""
 import pytest
 from click.testing import CliRunner
 
+pytest.importorskip("torch")  # the export extra; the fast tier runs without it
+
+
 from conftest import DATA
 from micromixer_edge.export.cli import export_command
 from micromixer_edge.runtime.engine import GenerateOptions

@@ -9,6 +9,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+pytest.importorskip("torch")  # the export extra; the fast tier runs without it
+
+
 from conftest import ATOL, GOLDEN, golden_reference
 from micromixer_edge import format as fmt
 from micromixer_edge.export.cli import export_command

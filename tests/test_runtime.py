@@ -94,6 +94,7 @@ def test_batch_rows_equal_single_runs(export_file):
     assert generate_batch(model, prompts, options) == [generate(model, p, options) for p in prompts]
 
 
+@pytest.mark.fast
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64), st.lists(st.integers(0, 64), max_size=8))
 def test_textstream_equals_whole_decoding(data, cuts):
@@ -105,12 +106,14 @@ def test_textstream_equals_whole_decoding(data, cuts):
     assert "".join(out) == data.decode("utf-8", errors="replace")
 
 
+@pytest.mark.fast
 def test_textstream_never_splits_a_character():
     stream = TextStream()
     pieces = [stream.push(bytes([b])) for b in "añ🙂".encode()] + [stream.finish()]
     assert [p for p in pieces if p] == ["a", "ñ", "🙂"]
 
 
+@pytest.mark.fast
 def test_stop_strings_are_held_back_and_cut():
     stream = TextStream(("END", "xx"))
     pieces = [stream.push(c.encode()) for c in "abEN" "cdENxEND tail"]

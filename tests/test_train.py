@@ -1,7 +1,9 @@
 """mixer-train: seeded, saves the published format, resumes exactly."""
+import pytest
 import numpy as np
-import torch
 from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")  # the export extra; the fast tier runs without it
 
 from conftest import DATA
 from micromixer_edge.export.checkpoint import load_checkpoint

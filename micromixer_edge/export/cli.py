@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..format import DEFAULT_OPSET, HUB_REPOS, MAX_OPSET, MIN_OPSET, SIZES
+from ..format import DEFAULT_OPSET, DEFAULT_SIZE, HUB_REPOS, MAX_OPSET, MIN_OPSET, SIZES
 from ..errors import run_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -33,7 +33,7 @@ def export_command(size, checkpoint, hub_repo, output, opset, atol, no_validate)
     """
     from .api import export_checkpoint
     if hub_repo == "":
-        hub_repo = HUB_REPOS[size or "1m"]
+        hub_repo = HUB_REPOS[size or DEFAULT_SIZE]
     export_checkpoint(size=size, checkpoint=checkpoint, hub_repo=hub_repo, output=output,
                       opset=opset, atol=atol, validate=not no_validate, log=click.echo)
 
@@ -43,7 +43,7 @@ def main():
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--size", type=click.Choice(list(SIZES)), default="1m", show_default=True, help="Model preset.")
+@click.option("--size", type=click.Choice(list(SIZES)), default=DEFAULT_SIZE, show_default=True, help="Model preset.")
 @click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="UTF-8 training text, stories separated by blank lines.")
 @click.option("--valid", "valid_path", type=click.Path(exists=True, dir_okay=False),

@@ -85,7 +85,7 @@ class ExportResult:
 
 
 def export(model: MicroMixerV2, size: str, checkpoint_sha256: str, output: str | os.PathLike,
-           opset: int = DEFAULT_OPSET, atol: float = 1e-3, check: bool = True, log=print) -> ExportResult:
+           opset: int = DEFAULT_OPSET, atol: float = 1e-3, check: bool = True) -> ExportResult:
     """Export, check, validate against PyTorch, and only then move the file into place."""
     proto = to_onnx(model, opset)
     meta = fmt.make_metadata(model.config, checkpoint_sha256)

@@ -64,7 +64,7 @@ def sample_batch(rng: np.random.Generator, seqs: list[np.ndarray], batch: int, s
     return torch.from_numpy(rows)
 
 
-def loss_bits(model: MicroMixerV2, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+def loss_nats(model: MicroMixerV2, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean next-token loss in nats over non-pad targets, and how many targets there were."""
     logits = model(rows[:, :-1])  # (B, T, V)
     targets = rows[:, 1:]
@@ -84,7 +84,7 @@ def validation_bpb(model: MicroMixerV2, seqs: list[np.ndarray], seq_len: int) ->
         rows = torch.full((len(chunk), max(map(len, chunk))), PAD_ID, dtype=torch.long)
         for r, s in enumerate(chunk):
             rows[r, :len(s)] = torch.from_numpy(s)
-        loss, n = loss_bits(model, rows)
+        loss, n = loss_nats(model, rows)
         total, count = total + float(loss) * n, count + n
     model.train()
     return total / count / LN2
@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, train_path: str | Path, valid_path: str | Path | Non
     for step in range(start, end):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss, n = loss_bits(model, sample_batch(rng, train_seqs, cfg.batch_size, seq_len))
+        loss, n = loss_nats(model, sample_batch(rng, train_seqs, cfg.batch_size, seq_len))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

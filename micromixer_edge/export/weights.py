@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..format import HUB_FILENAME, HUB_REPOS, SIZES
+from ..format import DEFAULT_SIZE, HUB_FILENAME, HUB_REPOS, SIZES
 
 
 def bundled_path(size: str) -> Path | None:
@@ -48,7 +48,7 @@ def resolve(size: str | None, checkpoint: str | None, hub_repo: str | None) -> P
         return Path(checkpoint)
     if hub_repo:
         return from_hub(hub_repo)
-    size = size or "1m"
+    size = size or DEFAULT_SIZE
     path = bundled_path(size)
     if path is None:
         have = ", ".join(bundled_sizes()) or "none yet"

@@ -12,7 +12,7 @@ import click
 from .._files import atomic_output, check_output_path
 from ..errors import run_cli
 from ..format import NEEDS_DOT_PRODUCT, QUANT_SCHEMES, TARGETS
-from .quantize import MATMUL_GROUPS
+from .quantize import MATMUL_GROUPS, QuantOptions
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -42,7 +42,8 @@ def default_text() -> str | None:
 @click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
               help="MatMul groups to leave in float (repeatable).")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding table in float.")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="64", show_default=True,
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default=str(QuantOptions.block_size),
+              show_default=True,
               help="int4 block size.")
 @click.option("--text", "text_path", type=click.Path(),
               help="Text for the accuracy report [default: $MICROMIXER_DATA/valid.txt].")
@@ -51,7 +52,7 @@ def default_text() -> str | None:
 def quantize_command(model_path, output, mode, target, calibration, per_channel, keep_float, no_embedding,
                      block_size, text_path, limit, report_path):
     """Quantize a float MicroMixer export and measure what it cost."""
-    from .quantize import QuantOptions, quantize_file
+    from .quantize import quantize_file
     from .report import build_report
     text_path = text_path or default_text()
     if text_path and not Path(text_path).is_file():

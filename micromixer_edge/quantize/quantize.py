@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                       quantize_static)
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnx import helper, numpy_helper
 
 from ..errors import MixerError, FormatError
@@ -47,6 +46,15 @@ class QuantOptions:
     block_size: int = 64                  # int4 block size (64 measured best on the 1m model)
     int8_block_size: int = 32             # int8 mode: 32 measured best (64 and 128 pad K=64)
     calibration_stories: int = 64         # static mode
+
+
+def _nbits_quantizer():
+    """onnxruntime's MatMulNBits quantizer, which needs the onnx-ir package (the export extra has it)."""
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:
+        raise MixerError(f"this mode needs {e.name}: pip install 'micromixer-edge[export]'") from None
+    return MatMulNBitsQuantizer
 
 
 def load_micromixer(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict]:
@@ -175,7 +183,7 @@ def fold_matmul_bias(model: onnx.ModelProto) -> None:
 
 
 def _int8_block(model, meta, options: QuantOptions) -> onnx.ModelProto:
-    q = MatMulNBitsQuantizer(model, bits=8, block_size=options.int8_block_size, is_symmetric=True,
+    q = _nbits_quantizer()(model, bits=8, block_size=options.int8_block_size, is_symmetric=True,
                              accuracy_level=4, op_types_to_quantize=("MatMul",),
                              nodes_to_exclude=_exclusions(model, meta, options), quant_axes=(("MatMul", 0),))
     q.process()
@@ -223,7 +231,7 @@ def _quantize_to(src: str, dst: str, model, meta, options: QuantOptions, calibra
     else:  # int4 (quantize_file has checked the mode)
         # the embedding Gather too (GatherBlockQuantized), blocks along the hidden axis
         ops4 = ("MatMul", "Gather") if options.embedding else ("MatMul",)
-        q = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=True,
+        q = _nbits_quantizer()(model, bits=4, block_size=options.block_size, is_symmetric=True,
                                  nodes_to_exclude=exclude, op_types_to_quantize=ops4,
                                  quant_axes=(("MatMul", 0), ("Gather", 1)))
         q.process()

@@ -9,6 +9,8 @@ import click
 
 from ..errors import run_cli
 from ..format import BACKENDS, DEFAULT_BACKEND
+from .engine import GenerateOptions
+from .sampling import SamplingParams
 from .context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -39,6 +41,14 @@ def _print_stream(pieces, interval: float = 0.05) -> None:
     out.flush()
 
 
+def _field_flag(cls, *decls: str, help: str):
+    """An option for a field of `cls` (GenerateOptions, SamplingParams): its type and the default
+    shown in --help come from the field; unset, it is None and the field's own default applies."""
+    name = decls[0].removeprefix("--").replace("-", "_")
+    default = getattr(cls, name)
+    return click.option(*decls, name, type=type(default), default=None, help=f"{help}  [default: {default}]")
+
+
 def _stats_line(stats) -> str:
     return (f"prefill {stats.prompt_tokens} tokens in {stats.prefill_s * 1e3:.1f} ms | "
             f"{stats.new_tokens} tokens generated at {stats.tokens_per_s:.0f} tokens/s")
@@ -47,13 +57,13 @@ def _stats_line(stats) -> str:
 @click.command(context_settings=CONTEXT)
 @MODEL_ARG
 @click.option("--prompt", "-p", help="Prompt text; '-' reads it from stdin. Omit on a terminal for interactive mode.")
-@click.option("--max-new-tokens", "-n", type=int, default=256, show_default=True, help="Bytes to generate at most.")
-@click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="0 = off.")
-@click.option("--top-p", type=float, default=0.95, show_default=True, help="1 = off.")
-@click.option("--min-p", type=float, default=0.05, show_default=True, help="0 = off.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1 = off.")
-@click.option("--repeat-last-n", type=int, default=64, show_default=True, help="Window of the repetition penalty.")
+@_field_flag(GenerateOptions, "--max-new-tokens", "-n", help="Bytes to generate at most.")
+@_field_flag(SamplingParams, "--temperature", "-t", help="0 = greedy.")
+@_field_flag(SamplingParams, "--top-k", help="0 = off.")
+@_field_flag(SamplingParams, "--top-p", help="1 = off.")
+@_field_flag(SamplingParams, "--min-p", help="0 = off.")
+@_field_flag(SamplingParams, "--repetition-penalty", help="1 = off.")
+@_field_flag(SamplingParams, "--repeat-last-n", help="Window of the repetition penalty.")
 @click.option("--seed", type=int, help="Seed of the sampler [default: random].")
 @click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
@@ -73,7 +83,6 @@ def _stats_line(stats) -> str:
                    "prints PASS/FAIL, tokens/s, CPU and onnxruntime version.")
 def run_command(model_path, prompt, threads, echo, stats, backend, selftest, save_state, load_state, **kw):
     """Generate text with an exported MicroMixer model (byte-level sampling, onnxruntime)."""
-    from .engine import GenerateOptions
     from .model import MixerModel
     from .selftest import slow_path_note
     if selftest:
@@ -88,7 +97,8 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
         return
     if prompt == "-":
         prompt = _read_stdin_prompt()
-    options = GenerateOptions.of(**kw)  # validates before the (slower) model load
+    # only what the user set: every default is GenerateOptions' and SamplingParams' own
+    options = GenerateOptions.of(**{k: v for k, v in kw.items() if v is not None and v is not False})
     if prompt is not None and not prompt and not load_state:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
     if save_state:

@@ -64,11 +64,12 @@ class GenerateOptions:
         context_mode(self.context)  # a known name
 
     @classmethod
-    def of(cls, max_new_tokens: int = 256, seed: int | None = None, stop=(), context: str = DEFAULT_CONTEXT_MODE,
+    def of(cls, max_new_tokens: int | None = None, seed: int | None = None, stop=(), context: str = DEFAULT_CONTEXT_MODE,
            **sampling) -> "GenerateOptions":
         """From flat keyword arguments (the CLI's flags, the one-line API's): sampling ones are
         SamplingParams' fields; `stop` is a string or a sequence of them."""
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        max_new_tokens = cls.max_new_tokens if max_new_tokens is None else max_new_tokens
         return cls(max_new_tokens=max_new_tokens, sampling=SamplingParams(**sampling), seed=seed,
                    stop=stop, context=context)
 
@@ -123,6 +124,18 @@ class Row:
     @property
     def mode(self) -> ContextMode:
         return context_mode(self.options.context)
+
+    def take_text(self) -> str:
+        """The text made since the last call ("" if none): what a caller streams out."""
+        text = "".join(self.pieces)
+        self.pieces.clear()
+        return text
+
+    @property
+    def usage(self) -> dict:
+        """OpenAI's usage object: prompt tokens (bos and bytes), generated tokens, their sum."""
+        prompt, new = self.stats.prompt_tokens, self.stats.new_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
 
 
 class Engine:

@@ -124,7 +124,7 @@ class MixerModel:
         return logits[:, 0], state
 
     # --- the one-line API (llama-cpp-python's create_completion shape) ------------------------
-    def generate(self, prompt: str | bytes, max_new_tokens: int = 256,
+    def generate(self, prompt: str | bytes, max_new_tokens: int = GenerateOptions.max_new_tokens,
                  temperature: float = SamplingParams.temperature, top_k: int = SamplingParams.top_k,
                  top_p: float = SamplingParams.top_p, min_p: float = SamplingParams.min_p,
                  repetition_penalty: float = SamplingParams.repetition_penalty, seed: int | None = None, stop: str | tuple[str, ...] = (),
@@ -134,7 +134,8 @@ class MixerModel:
                                      top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, **sampling)
         return _stream(self, prompt, options) if stream else _generate(self, prompt, options)
 
-    def generate_batch(self, prompts: list[str | bytes], max_new_tokens: int = 256, seed: int | None = None,
+    def generate_batch(self, prompts: list[str | bytes], max_new_tokens: int = GenerateOptions.max_new_tokens,
+                       seed: int | None = None,
                        stop: str | tuple[str, ...] = (), context: str = DEFAULT_CONTEXT_MODE,
                        **sampling) -> list[str]:
         """One text per prompt, all rows stepping together; row i equals generate(prompts[i], ...)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+
 from ..errors import MixerError
 
 

@@ -19,11 +19,7 @@ from ..format import VOCAB_SIZE
 from ..runtime.context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
 from ..runtime.engine import GenerateOptions
 from ..runtime.sampling import MIN_PENALTY
-from .settings import Settings
-
-DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
-MAX_STOP_STRINGS = 4      # OpenAI's limit
-
+from .settings import DEFAULT_MAX_TOKENS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, Settings
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -50,13 +46,14 @@ class Field:
 FIELDS = (
     Field("max_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
           lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
-    Field("temperature", lambda v, s: _number(v) and 0 <= v <= 2, lambda s: "a number from 0 to 2", "temperature"),
+    Field("temperature", lambda v, s: _number(v) and 0 <= v <= MAX_TEMPERATURE,
+          lambda s: f"a number from 0 to {MAX_TEMPERATURE:g}", "temperature"),
     Field("top_p", lambda v, s: _number(v) and 0 < v <= 1, lambda s: "a number in (0, 1]", "top_p"),
     Field("top_k", lambda v, s: _integer(v) and 0 <= v <= VOCAB_SIZE,
           lambda s: f"an integer from 0 to {VOCAB_SIZE} (0: off)", "top_k"),
     Field("min_p", lambda v, s: _number(v) and 0 <= v <= 1, lambda s: "a number from 0 to 1", "min_p"),
-    Field("repeat_penalty", lambda v, s: _number(v) and MIN_PENALTY <= v <= 10,
-          lambda s: f"a number from {MIN_PENALTY} to 10",
+    Field("repeat_penalty", lambda v, s: _number(v) and MIN_PENALTY <= v <= MAX_REPEAT_PENALTY,
+          lambda s: f"a number from {MIN_PENALTY} to {MAX_REPEAT_PENALTY:g}",
           "repetition_penalty"),
     Field("seed", lambda v, s: _integer(v) and -2**63 <= v < 2**63, lambda s: "a 64-bit integer", "seed"),
     Field("stop", lambda v, s: _stop(v), lambda s: f"a non-empty string or a list of at most {MAX_STOP_STRINGS}",

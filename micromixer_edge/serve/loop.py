@@ -217,9 +217,9 @@ class DecodeLoop:
             self._emit(job, job.row)
 
     def _emit(self, job: Job, row: Row) -> None:
-        if row.pieces:
-            self._post(job, "piece", "".join(row.pieces))
-            row.pieces.clear()
+        text = row.take_text()
+        if text:
+            self._post(job, "piece", text)
         if row.finish_reason:
             self._end(job, row.finish_reason)
 
@@ -232,9 +232,9 @@ class DecodeLoop:
             self.engine.cancel(row)  # leaves between steps (a no-op for a finished row)
             with self._wake:
                 self._jobs.pop(row.id, None)
-            if row.pieces:
-                self._post(job, "piece", "".join(row.pieces))
-                row.pieces.clear()
+            text = row.take_text()
+            if text:
+                self._post(job, "piece", text)
         else:
             with self._wake:
                 if job in self._waiting:
@@ -246,5 +246,4 @@ class DecodeLoop:
 
 
 def _usage(row: Row | None) -> dict:
-    tokens, prompt = (row.stats.new_tokens, row.stats.prompt_tokens) if row is not None else (0, 0)
-    return {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+    return row.usage if row is not None else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+
 from ..errors import MixerError
 
+
+# The API's own bounds and defaults (OpenAI's, and llama.cpp's for repeat_penalty): serve/fields.py
+DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
+MAX_TEMPERATURE = 2.0       # OpenAI's range is [0, 2]
+MAX_REPEAT_PENALTY = 10.0
+MAX_STOP_STRINGS = 4        # OpenAI's limit
 
 
 def _opt(default, help: str, minimum=None, maximum=None):

@@ -1,0 +1,34 @@
+"""The docs say what the code does: tables that name the code's own lists are checked against them."""
+import re
+from pathlib import Path
+
+import pytest
+
+from micromixer_edge import format as fmt
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.fast
+
+
+def _table(path: Path, first_header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts with `first_header`, cells stripped."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_scheme_table_of_docs_format_md_is_the_codes():
+    rows = _table(ROOT / "docs" / "format.md", "mode")
+    documented = {re.search(r"`([^`]+)`", mode).group(1): re.search(r"`([^`]+)`", scheme).group(1)
+                  for mode, scheme, *_ in rows}
+    assert documented == fmt.QUANT_SCHEMES
+    default = next(re.search(r"`([^`]+)`", mode).group(1) for mode, *_ in rows if "default" in mode)
+    assert default == fmt.DEFAULT_QUANT_MODE
+    for mode, *_ in rows:  # each --target named in the table picks that mode
+        for target in re.findall(r"--target (\w+)", mode):
+            assert fmt.TARGETS[target] == re.search(r"`([^`]+)`", mode).group(1)

@@ -1,0 +1,153 @@
+"""The fast tier's units (pytest -m fast: the runtime's dependencies, pytest and hypothesis; no
+torch, no ../shared, no network): the byte codec, snapshots, the protobuf reader, the context-mode
+objects and the server's request parsing, each against a truth of its own."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper, numpy_helper
+
+from micromixer_edge import format as fmt
+from micromixer_edge.codec import encode_prompt, read_stories, utf8
+from micromixer_edge.errors import BadRequest, MixerError, SnapshotError
+from micromixer_edge.runtime import protobuf, snapshot
+from micromixer_edge.runtime.context import CONTEXT_MODES, MODES, context_mode
+from micromixer_edge.runtime.sampling import MIN_PENALTY
+
+pytestmark = pytest.mark.fast
+
+
+# --- codec ---------------------------------------------------------------------------------------
+@given(st.text())
+def test_a_prompt_is_bos_then_its_utf8_or_a_one_line_error(text):
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        with pytest.raises(MixerError, match="lone surrogate"):
+            encode_prompt(text)
+        return
+    assert encode_prompt(text) == [fmt.BOS_ID, *data] and utf8(text) == data
+
+
+def test_stories_are_separated_by_blank_lines(tmp_path):
+    (tmp_path / "t.txt").write_bytes(b"One.\r\n\r\nTwo\nlines.\n\n\n\nThree.\n")
+    assert read_stories(tmp_path / "t.txt") == [b"One.", b"Two\nlines.", b"Three."]
+    (tmp_path / "empty.txt").write_bytes(b"\n\n")
+    with pytest.raises(MixerError, match="no text"):
+        read_stories(tmp_path / "empty.txt")
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+arrays = st.dictionaries(st.sampled_from(["sums", "logits", "shadow_sums"]),
+                         st.lists(st.integers(1, 5), min_size=1, max_size=3).map(
+                             lambda shape: np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)),
+                         min_size=1)
+
+
+@settings(max_examples=50)
+@given(arrays=arrays, position=st.integers(0, 10**6), history=st.lists(st.integers(0, 255), max_size=40))
+def test_a_snapshot_decodes_to_what_was_encoded(arrays, position, history):
+    header = {"position": position, "history": history, "context": "halve"}
+    got_header, got = snapshot.decode(snapshot.encode(header, arrays))
+    assert {k: got_header[k] for k in header} == header
+    assert list(got) == list(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
+
+
+@settings(max_examples=50)
+@given(cut=st.integers(0, 200), flip=st.integers(0, 200))
+def test_a_damaged_snapshot_is_a_snapshot_error(cut, flip):
+    data = snapshot.encode({"position": 3}, {"sums": np.ones((2, 3), np.float32)})
+    truncated = data[:cut % len(data)]
+    flipped = bytearray(data)
+    flipped[flip % len(data)] ^= 0x40
+    for bad in (truncated, bytes(flipped)):
+        with pytest.raises(SnapshotError):
+            snapshot.decode(bad)
+
+
+# --- the protobuf reader against the onnx package --------------------------------------------------
+@settings(max_examples=20)
+@given(values=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=12),
+       ints=st.lists(st.integers(-2**40, 2**40), min_size=1, max_size=6), alpha=st.floats(-10, 10, width=32))
+def test_the_protobuf_reader_reads_what_onnx_writes(values, ints, alpha):
+    w = np.array(values, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=alpha, name="act")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [len(values)])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [len(values)])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(ints, np.int64), "i")])
+    proto = helper.make_model(graph)
+    proto.metadata_props.add(key=fmt.METADATA_KEY, value=json.dumps({"a": 1}))
+    model = protobuf.read_model(proto.SerializeToString())
+    assert model["metadata"] == {fmt.METADATA_KEY: json.dumps({"a": 1})}
+    assert model["inputs"] == ["x"] and model["outputs"] == ["y"]
+    assert np.array_equal(model["initializers"]["w"], w) and model["initializers"]["i"].tolist() == ints
+    node = model["nodes"][0]
+    assert node["op"] == "LeakyRelu" and np.float32(node["attrs"]["alpha"]) == np.float32(alpha)
+
+
+# --- context modes against a plain simulation ------------------------------------------------------
+def _simulate(mode: str, W: int, position: int, n: int) -> int | None:
+    """The README's definition, position by position: how many of the latest tokens the state
+    holds after n more tokens, or None if it never restarted (it then holds all of them)."""
+    held, restarted = position, False
+    for _ in range(n):
+        if mode == "window" and held >= W:
+            held, restarted = W, True  # the last W, the new one included
+        elif mode == "halve" and held >= W:
+            held, restarted = W // 2 + 1, True  # the last W/2, then the new one
+        else:
+            held += 1
+    return held if restarted else None
+
+
+@settings(max_examples=300)
+@given(mode=st.sampled_from(CONTEXT_MODES), W=st.sampled_from([2, 4, 64, 256]), data=st.data())
+def test_a_modes_suffix_is_what_feeding_token_by_token_keeps(mode, W, data):
+    position = data.draw(st.integers(0, W if mode != "unbounded" else 10 * W))
+    n = data.draw(st.integers(0, 5 * W))
+    assert context_mode(mode).suffix(position, n, W) == _simulate(mode, W, position, n)
+
+
+def test_only_halve_can_fold_ahead_in_a_shadow():
+    assert {name: m.shadow_from(256) for name, m in MODES.items()} == {"halve": 128, "window": None,
+                                                                        "unbounded": None}
+    with pytest.raises(MixerError, match="choose one of halve, window, unbounded"):
+        context_mode("sliding")
+
+
+# --- the server's request parsing ----------------------------------------------------------------
+def _parse(body):
+    from micromixer_edge.serve.fields import parse_completion
+    from micromixer_edge.serve.settings import Settings
+    return parse_completion(body if isinstance(body, bytes) else json.dumps(body).encode(), Settings(model="m"))
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                           max_leaves=8)
+
+
+@settings(max_examples=300)
+@given(body=st.dictionaries(st.sampled_from(["prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p",
+                                             "repeat_penalty", "seed", "stop", "stream", "n", "echo", "context",
+                                             "ignore_eos", "stream_options", "logit_bias"]), json_values))
+def test_a_request_parses_or_is_a_bad_request(body):
+    """Whatever the fields hold: a request whose options are within the documented bounds, or a
+    BadRequest naming its field; never another exception."""
+    try:
+        req = _parse(body)
+    except BadRequest as e:
+        assert e.status in (400, 413) and str(e)
+        return
+    p = req.options.sampling
+    assert isinstance(req.prompt, str) and 0 <= req.options.max_new_tokens <= 4096
+    assert 0 <= p.temperature <= 2 and 0 < p.top_p <= 1 and 0 <= p.top_k <= 256 and 0 <= p.min_p <= 1
+    assert MIN_PENALTY <= p.repetition_penalty <= 10 and req.options.context in CONTEXT_MODES
+
+
+def test_null_is_absent_and_defaults_are_the_documented_ones():
+    req = _parse({"prompt": "x", "max_tokens": None, "temperature": None, "stop": None, "n": None, "echo": None})
+    assert req.options.max_new_tokens == 16 and req.options.sampling.temperature == 0.8 and req.options.stop == ()
