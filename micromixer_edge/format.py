@@ -32,29 +32,17 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 # --- quantization scheme names (value of metadata "quantization") ---------------------------
 QUANT_NONE = "none"
 QUANT_SCHEMES = {  # CLI mode -> scheme name written into the metadata
-    "int8": "int8-weight-only",     # default: standard ONNX, int8 weights made float at load
+    "int8": "int8-rowwise",         # default: int8 compute, a scale per activation row
+    "portable": "int8-weight-only",  # standard ONNX, int8 weights made float at load: same bytes on any CPU
     "int8-block": "int8-block32",   # MatMulNBits 8-bit blocks of 32, int8 compute
     "dynamic": "int8-dynamic",      # standard ONNX; one activation scale per tensor
-    "static": "int8-static-qdq",
-    "int4": "int4-matmulnbits",
 }
 DEFAULT_QUANT_MODE = "int8"
-# Which engines run each scheme (tested: onnxruntime and this package's numpy backend; the
-# others by the operators each scheme uses: com.microsoft ops run in onnxruntime alone).
-SCHEME_ENGINES = {
-    QUANT_NONE: "any ONNX engine",
-    "int8-block32": "onnxruntime, numpy backend (com.microsoft MatMulNBits)",
-    "int8-weight-only": "any ONNX engine (standard ops only)",
-    "int8-dynamic": "any ONNX engine (standard ops only)",
-    "int8-static-qdq": "any ONNX engine (standard ops only)",
-    "int4-matmulnbits": "onnxruntime, numpy backend (com.microsoft MatMulNBits)",
-}
-# The board a model is meant for -> its quantization mode. The default (int8) computes in float:
-# the same bytes as the build machine on any CPU. int8-block computes in int8 where the CPU has
-# the int8 dot product (x86 AVX2 and up; Arm asimddp, as on a Pi 5's Cortex-A76), and rounds its
-# activations differently on each CPU's kernel; a Pi 4's Cortex-A72 has no such kernel, and there
-# it falls back to dequantizing every weight on every call (see docs/raspberry-pi.md).
-TARGETS = {"generic": "int8", "pi4": "int8", "pi5": "int8-block"}
+# The board a model is meant for -> its quantization mode. The default (int8) computes in int8 on
+# MLAS's integer GEMM, which has a kernel for every board named here (a Pi 4's Cortex-A72: NEON
+# smull; a Pi 5's Cortex-A76: udot; docs/raspberry-pi.md). int8-block needs the int8 dot product:
+# on a Cortex-A72 it falls back to dequantizing every weight on every call.
+TARGETS = {"generic": "int8", "pi4": "int8", "pi5": "int8"}
 NEEDS_DOT_PRODUCT = ("int8-block32",)
 
 # --- state snapshots (mixer-run --save-state / --load-state; docs/format.md) -----------------

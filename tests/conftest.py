@@ -53,7 +53,7 @@ def bundled(tmp_path_factory):
     d = tmp_path_factory.mktemp("bundled")
     out = {"float": d / "float.onnx"}
     export_checkpoint(size="1m", output=out["float"], log=lambda *a, **k: None)
-    for mode in ("int8", "int8-block", "dynamic"):
+    for mode in ("int8", "portable", "int8-block", "dynamic"):
         out[mode] = d / f"{mode}.onnx"
         quantize_file(out["float"], out[mode], QuantOptions(mode=mode))
     return out

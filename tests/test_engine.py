@@ -78,8 +78,7 @@ def test_a_long_prompt_folds_only_what_the_mode_keeps(small, mode, length):
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 @pytest.mark.parametrize("seed", [None, 11])
 def test_decoding_matches_todays_loop(small, mode, seed):
-    """The engine (halve: with its shadow rows) gives the bytes of a plain loop over the modes'
-    definition, token by token."""
+    """The engine gives the bytes of a plain loop over the modes' definition, token by token."""
     options = _options(("Once upon a time", mode, seed, 400))
     from micromixer_edge.runtime.sampling import Sampler
     ctx, sampler = ContextOracle(small, mode), Sampler(options.sampling, seed)

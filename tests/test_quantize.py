@@ -26,7 +26,7 @@ def quantized(export_file, tmp_path_factory):
     out = {}
     for mode in MODES:
         path = tmp_path_factory.mktemp("q") / f"{mode}.onnx"
-        quantize_file(src, path, QuantOptions(mode=mode), calibration=DATA / "train.txt")
+        quantize_file(src, path, QuantOptions(mode=mode))
         out[mode] = path
     return out
 
@@ -50,21 +50,27 @@ def test_quantized_file_keeps_the_contract(export_file, quantized, mode):
     assert logits.shape == (2, 3, 256) and state.sums.shape == (3, 2, 224)
 
 
-@pytest.mark.parametrize("part, kept", [("head", 1), ("hyper", 6), ("channel", 6)])
-def test_keep_float_leaves_that_group_in_float(export_file, tmp_path, part, kept):
-    """--keep-float PART: exactly that group's MatMuls stay float (3 layers x 2, or the one head)."""
+FLOAT_SHAPES = {"head": {(224, 256)}, "hyper": {(224, 64), (64, 448)}, "hyper-in": {(224, 64)},
+                "channel": {(224, 576), (576, 224)}}
+
+
+@pytest.mark.parametrize("mode, part, kept", [("int8-block", "head", 1), ("int8-block", "hyper", 6),
+                                              ("int8-block", "channel", 6), ("int8", None, 3),
+                                              ("int8", "head", 4), ("int8", "hyper", 6)])
+def test_keep_float_leaves_that_group_in_float(export_file, tmp_path, mode, part, kept):
+    """--keep-float PART: exactly that group's MatMuls stay float (3 layers x 2, or the one head);
+    int8 always keeps the three hyper-in MatMuls (H -> 64) in float."""
     out = tmp_path / "q.onnx"
-    quantize_file(export_file("brief_1m_model"), out, QuantOptions(mode="int8-block", float_parts=(part,)))
+    quantize_file(export_file("brief_1m_model"), out, QuantOptions(mode=mode, float_parts=(part,) if part else ()))
     q = onnx.load(str(out))
     float_mm = [n for n in q.graph.node if n.op_type == "MatMul"]
     assert len(float_mm) == kept
     weights = {t.name: tuple(t.dims) for t in q.graph.initializer}
-    shapes = {weights[n.input[1]] for n in float_mm}
-    assert shapes == {"head": {(224, 256)}, "hyper": {(224, 64), (64, 448)},
-                      "channel": {(224, 576), (576, 224)}}[part]
+    want = FLOAT_SHAPES[part] if part else set()
+    assert {weights[n.input[1]] for n in float_mm} == want | (FLOAT_SHAPES["hyper-in"] if mode == "int8" else set())
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize("mode", MODES)
 def test_int8_top1_agreement(export_file, quantized, mode):
     """On a trained checkpoint, int8 picks the same next byte as float at >= 95% of positions."""
     fm, qm = MixerModel(export_file("brief_1m_model")), MixerModel(quantized[mode])
@@ -102,9 +108,8 @@ def test_refuses_bad_inputs(export_file, quantized, tmp_path):
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(tmp_path / "plain.onnx"))
     cases = [([str(tmp_path / "plain.onnx")], "not a MicroMixer export"),
              ([str(quantized["dynamic"])], "already quantized"),
-             ([str(export_file("brief_1m_model")), "--mode", "static", "--calibration",
-               str(tmp_path / "missing.txt")], "calibration file"),
-             ([str(export_file("brief_1m_model")), "--mode", "static"], "needs --calibration")]
+             ([str(export_file("brief_1m_model")), "--mode", "int4"], "int4"),  # a scheme no longer written
+             ([str(export_file("brief_1m_model")), "--keep-float", "all"], "all")]
     for args, message in cases:
         out = tmp_path / "out.onnx"
         result = runner.invoke(quantize_command, [*args, "-o", str(out)], standalone_mode=False,

@@ -40,7 +40,7 @@ def test_stories_are_separated_by_blank_lines(tmp_path):
 
 
 # --- snapshots -----------------------------------------------------------------------------------
-arrays = st.dictionaries(st.sampled_from(["sums", "logits", "shadow_sums"]),
+arrays = st.dictionaries(st.sampled_from(["sums", "logits", "other"]),
                          st.lists(st.integers(1, 5), min_size=1, max_size=3).map(
                              lambda shape: np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)),
                          min_size=1)
@@ -111,9 +111,9 @@ def test_a_modes_suffix_is_what_feeding_token_by_token_keeps(mode, W, data):
     assert context_mode(mode).suffix(position, n, W) == _simulate(mode, W, position, n)
 
 
-def test_only_halve_can_fold_ahead_in_a_shadow():
-    assert {name: m.shadow_from(256) for name, m in MODES.items()} == {"halve": 128, "window": None,
-                                                                        "unbounded": None}
+def test_modes_by_name():
+    assert {name: (m.boundary(256), m.keep(256)) for name, m in MODES.items()} == {
+        "halve": (256, 128), "window": (256, 255), "unbounded": (float("inf"), 0)}
     with pytest.raises(MixerError, match="choose one of halve, window, unbounded"):
         context_mode("sliding")
 

@@ -28,29 +28,24 @@ def default_text() -> str | None:
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Quantized .onnx to write.")
 @click.option("--mode", type=click.Choice(list(QUANT_SCHEMES)),
-              help="int8: standard ONNX int8 weights computed in float (the same bytes on any batch, "
-                   "chunking or CPU); int8-block: int8 weights in blocks of 32 and activations "
-                   "quantized per row and block at run time (onnxruntime MatMulNBits; batch- and "
-                   "chunk-invariant, needs the int8 dot product); dynamic: standard ONNX, one "
-                   "activation scale per tensor (batch- and chunk-dependent); static: int8 QDQ "
-                   "calibrated on --calibration; int4: 4-bit blocks (MatMulNBits). [default: the --target's]")
+              help="int8: int8 arithmetic with a scale per activation row (a row's bytes never depend "
+                   "on its batch or chunking; onnxruntime's integer GEMM). portable: int8 weights "
+                   "computed in float, standard ONNX (the same bytes on any CPU). int8-block: "
+                   "MatMulNBits blocks of 32, fastest lone stream where the CPU has an int8 dot "
+                   "product. dynamic: standard ONNX, one activation scale per tensor (batch- and "
+                   "chunk-dependent). [default: the --target's]")
 @click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
-              help="The board the model is for: generic and pi4 -> int8; pi5 (int8 dot product) "
-                   "-> int8-block.")
-@click.option("--calibration", type=click.Path(), help="Calibration text for --mode static.")
-@click.option("--per-channel", is_flag=True, help="One scale per output channel instead of per tensor.")
+              help="The board the model is for (each picks int8: MLAS has an integer kernel for each).")
+@click.option("--per-channel", is_flag=True, help="dynamic: one weight scale per output channel.")
 @click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
               help="MatMul groups to leave in float (repeatable).")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding table in float.")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default=str(QuantOptions.block_size),
-              show_default=True,
-              help="int4 block size.")
 @click.option("--text", "text_path", type=click.Path(),
               help="Text for the accuracy report [default: $MICROMIXER_DATA/valid.txt].")
 @click.option("--limit", type=click.IntRange(min=1), help="Report on at most this many stories.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also save the report as JSON.")
-def quantize_command(model_path, output, mode, target, calibration, per_channel, keep_float, no_embedding,
-                     block_size, text_path, limit, report_path):
+def quantize_command(model_path, output, mode, target, per_channel, keep_float, no_embedding,
+                     text_path, limit, report_path):
     """Quantize a float MicroMixer export and measure what it cost."""
     from .quantize import quantize_file
     from .report import build_report
@@ -64,8 +59,8 @@ def quantize_command(model_path, output, mode, target, calibration, per_channel,
         click.echo(f"warning: a Pi 4 has no int8 dot product: onnxruntime runs {QUANT_SCHEMES[mode]} there "
                    "on a slow fallback; --mode int8 is the scheme for it", err=True)
     options = QuantOptions(mode=mode, per_channel=per_channel, float_parts=tuple(keep_float),
-                           embedding=not no_embedding, block_size=int(block_size))
-    meta = quantize_file(model_path, output, options, calibration)
+                           embedding=not no_embedding)
+    meta = quantize_file(model_path, output, options)
     size = lambda p: Path(p).stat().st_size / 1e6  # noqa: E731
     click.echo(f"wrote {output}: {meta['quantization']}, {size(output):.2f} MB "
                f"({size(output) / size(model_path):.1%} of {size(model_path):.2f} MB)")

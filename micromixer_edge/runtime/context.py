@@ -3,8 +3,7 @@
 A mode is two numbers. When a row's state holds `boundary(W)` tokens and a new token comes, the
 state restarts from position 0 with the row's last `keep(W)` tokens and the new one, folded in one
 call (a re-fold). Everything else follows from those two numbers and lives here once: which
-suffix of a long prompt a state depends on, where a row's next re-fold is, whether a lone row can
-fold the kept tokens ahead of time in a shadow slot (so that it never pauses), and the logits of a
+suffix of a long prompt a state depends on, where a row's next re-fold is, and the logits of a
 whole sequence fed under the mode (scoring: mixer-eval, the quantization report).
 
 - window:    boundary W, keep W-1: past W every token re-folds the last W (the original's
@@ -46,13 +45,6 @@ class ContextMode:
         if over <= 0:
             return None
         return K + (over - 1) % (B - K) + 1  # a re-fold every B - K tokens; the last one's tokens
-
-    def shadow_from(self, W: int) -> int | None:
-        """A lone row can fold the tokens its next re-fold keeps ahead of time, in a second slot
-        that starts at this position, and take it over at the boundary with no pause; possible
-        when the kept tokens are exactly those since the shadow began (B = 2K: halve)."""
-        B, K = self.boundary(W), self.keep(W)
-        return B - K if self.bounded(W) and B == 2 * K else None
 
 
 class Window(ContextMode):

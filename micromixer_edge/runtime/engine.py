@@ -6,12 +6,10 @@ mode and UTF-8 text stream, so its bytes are the same whether it runs alone or b
 graph's rows are independent, and the default int8 is too (docs/format.md).
 
 Past max_seq_len (W), each row follows its context mode (runtime/context.py: where the mode
-re-folds and what it keeps). In a batch, a row at its boundary re-folds in one call of its own. A
-lone row (mixer-run, one stream) in a mode that allows it (halve) has no pause: from the mode's
-shadow position on, a *shadow* slot folds the tokens the re-fold will keep, from position 0, in
-the same call, and at the boundary it takes over: it then holds exactly what the re-fold would
-make (one call = token by token, bit for bit). In a batch a shadow would double each row's work,
-where a re-fold costs one call per W/2 bytes.
+re-folds and what it keeps): a row at its boundary re-folds in one call of its own, alone or in a
+batch (halve: W/2 + 1 tokens every W/2 bytes, ~1 ms on x86). A lone row once folded the kept
+tokens ahead of time in a second "shadow" slot instead, so as never to pause; that made every call
+past W/2 one of two rows, a dearer trade than the pause (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -108,7 +106,6 @@ class Row:
     logits: np.ndarray | None = None   # next-token logits, waiting to be sampled
     sums: np.ndarray | None = None     # (L, H) while not in a slot; the engine owns it otherwise
     position: int = 0
-    shadow: tuple[np.ndarray, int] | None = None  # halve: (sums, position) folded from W/2
     finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled", "error"
     error: str | None = None           # what failed, when finish_reason is "error"
     last: int | None = None            # the latest sampled token (folded in on the next step)
@@ -146,7 +143,7 @@ class Engine:
         self.rows: list[Row] = []
         self._ids = itertools.count()
         self._stepper = None
-        self._slots: list[tuple[Row, bool]] = []  # (row, is_shadow) per row of the stepper
+        self._slots: list[Row] = []  # the row of each stepper row (the live rows when it was built)
 
     # --- joining and leaving -----------------------------------------------------------------
     def add(self, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
@@ -174,10 +171,6 @@ class Engine:
         row.history = (row.history + list(ids))[-self.W:]
         if prompt and row.options.sampling.repeat_last_n:
             row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
-        row.shadow = None
-        start = row.mode.shadow_from(self.W)
-        if start is not None and row.position >= start:
-            self._start_shadow(row)
         if prompt:
             row.stats.prompt_tokens += len(ids)
             row.stats.prefill_s += time.perf_counter() - t0
@@ -205,27 +198,22 @@ class Engine:
             self._detach()
             self.rows.remove(row)
 
-    # --- slots: the live rows (and halve shadows) as rows of one IO-bound stepper --------------
+    # --- the live rows as the rows of one IO-bound stepper -----------------------------------
     def _detach(self) -> None:
         """Copy the stepper's state back into the rows; the next step builds a new one."""
         if self._stepper is None:
             return
         st = self._stepper.state
-        for i, (row, is_shadow) in enumerate(self._slots):
-            if is_shadow:
-                row.shadow = (st.sums[:, i].copy(), int(st.position[i]))
-            else:
-                row.sums, row.position = st.sums[:, i].copy(), int(st.position[i])
+        for i, row in enumerate(self._slots):
+            row.sums, row.position = st.sums[:, i].copy(), int(st.position[i])
         self._stepper, self._slots = None, []
 
     def _attach(self) -> None:
-        self._slots = [(r, False) for r in self.rows] + [(r, True) for r in self.rows if r.shadow is not None]
+        self._slots = list(self.rows)
         self._stepper = self.model.stepper(len(self._slots))
-        self._single = len(self._slots) == 1
         st = self._stepper.state
-        for i, (row, is_shadow) in enumerate(self._slots):
-            sums, pos = row.shadow if is_shadow else (row.sums, row.position)
-            st.sums[:, i], st.position[i] = sums, pos
+        for i, row in enumerate(self._slots):
+            st.sums[:, i], st.position[i] = row.sums, row.position
 
     # --- one step ----------------------------------------------------------------------------
     def step(self) -> list[Row]:
@@ -312,7 +300,7 @@ class Engine:
         refold = self._boundaries() if any(r.position >= r.event for r in rows) else {}
         if self._stepper is None:
             self._attach()
-        logits = self._stepper.step([r.last for r, _ in self._slots])[:len(rows)].copy()  # (B, V), one copy
+        logits = self._stepper.step([r.last for r in rows]).copy()  # (B, V), one copy
         for i, row in enumerate(rows):
             try:
                 if i in refold:
@@ -337,50 +325,17 @@ class Engine:
                 del row.history[:-self.W]
 
     def _boundaries(self) -> dict[int, int]:
-        """Rows at their mode's boundary; returns {row index: tokens its re-fold keeps before the
-        new one}, for rows without a shadow (a shadow takes over instead). A lone row starts its
-        shadow at the mode's shadow position. Updates each row's `event`."""
+        """Rows at their mode's boundary: {row index: tokens its re-fold keeps before the new one}."""
         W, refold = self.W, {}
         for i, row in enumerate(self.rows):
-            mode = row.mode
-            if row.position >= mode.boundary(W):
-                if row.shadow is not None:  # the shadow holds the tokens the re-fold keeps
-                    self._take_over(i, row)
-                else:
-                    refold[i] = mode.keep(W)
-            start = mode.shadow_from(W)
-            if row.shadow is None and row.position == start and len(self.rows) == 1:
-                self._detach()
-                self._start_shadow(row)
+            if row.position >= row.mode.boundary(W):
+                refold[i] = row.mode.keep(W)
             self._set_event(row)
         return refold
 
-    def _start_shadow(self, row: Row) -> None:
-        """A slot that folds, from position 0, the row's tokens since its mode's shadow position."""
-        since = row.position - row.mode.shadow_from(self.W)
-        if since == 0:
-            row.shadow = (np.zeros_like(row.sums), 0)
-            return
-        _, s = fold(self.model, row.history[-since:], "unbounded")
-        row.shadow = (s.sums[:, 0].copy(), int(s.position[0]))
-
-    def _take_over(self, i: int, row: Row) -> None:
-        """The shadow's state becomes the row's, and the shadow starts again from position 0 in
-        the same slot: no new stepper (re-binding would be a pause)."""
-        if self._stepper is None:
-            (row.sums, row.position), row.shadow = row.shadow, (np.zeros_like(row.sums), 0)
-            return
-        j = self._slots.index((row, True))
-        st = self._stepper.state
-        st.sums[:, i], st.position[i] = st.sums[:, j], st.position[j]
-        st.sums[:, j], st.position[j] = 0, 0
-        row.position = int(st.position[i])
-
     def _set_event(self, row: Row) -> None:
-        """The position at which the row's mode next acts: its shadow's start, or its boundary."""
-        mode, W = row.mode, self.W
-        start = mode.shadow_from(W)
-        row.event = start if start is not None and row.shadow is None and row.position < start else mode.boundary(W)
+        """The position at which the row's mode next acts: its boundary."""
+        row.event = row.mode.boundary(self.W)
 
     def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
         """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
@@ -401,10 +356,8 @@ class Engine:
         header = {"model_sha256": self.model.sha256, "num_layers": cfg.num_layers, "hidden_dim": cfg.hidden_dim,
                   "context": row.options.context, "position": row.position, "history": row.history,
                   "recent": row.recent, "rng": [version, list(mt), gauss],
-                  "shadow_position": row.shadow[1] if row.shadow else None}
+                  "shadow_position": None}  # (no longer written; a reader may ignore it)
         arrays = {"sums": row.sums, "logits": row.logits}
-        if row.shadow:
-            arrays["shadow_sums"] = row.shadow[0]
         return snapshot.encode(header, arrays)
 
     def restore(self, data: bytes, options: GenerateOptions = GenerateOptions(), more: list[int] = (),
@@ -416,8 +369,7 @@ class Engine:
         row = self.new_row(dataclasses.replace(options, context=header["context"]), stats)
         row.sums, row.position, row.logits = arrays["sums"], int(header["position"]), arrays["logits"]
         row.history, row.recent = list(header["history"]), list(header["recent"])
-        if header["shadow_position"] is not None:
-            row.shadow = (arrays["shadow_sums"], int(header["shadow_position"]))
+        # a snapshot written with a halve shadow (shadow_sums): the row's own sums are complete
         version, mt, gauss = header["rng"]
         row.sampler.rng.setstate((version, tuple(mt), gauss))
         if more:
@@ -435,7 +387,7 @@ class Engine:
     def run(self):
         """Step until every row is done, yielding (row, piece) as text is made."""
         while self.rows:
-            if len(self.rows) == 1 and self._stepper is not None and len(self._slots) <= 2:
+            if len(self.rows) == 1 and self._stepper is not None and len(self._slots) == 1:
                 yield from self._run_single()
                 continue
             for row in self.step():
@@ -443,10 +395,10 @@ class Engine:
                     yield row, row.pieces.pop(0)
 
     def _run_single(self):
-        """The batch-1 hot path of run() (mixer-run's loop): `step` for one row (and its halve
-        shadow) with the bookkeeping inlined; boundaries and the row's end take the general path."""
+        """The batch-1 hot path of run() (mixer-run's loop): `step` for one row with the
+        bookkeeping inlined; boundaries and the row's end take the general path."""
         row, remember = self.rows[0], self._remember
-        step_one = self._stepper.step_one if self._single else self._stepper.step_shadowed
+        step_one = self._stepper.step_one
         sample, pieces, t0 = self._sample, row.pieces, time.perf_counter()
         try:
             while True:

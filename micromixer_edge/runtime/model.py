@@ -164,9 +164,6 @@ class PlainStepper:
     def step_one(self, token: int) -> np.ndarray:
         return self.step((token,))[0]
 
-    def step_shadowed(self, token: int) -> np.ndarray:
-        return self.step((token, token))[0]
-
 
 class Stepper:
     """Single-token decoding through onnxruntime IO binding: no allocation per token.
@@ -211,15 +208,6 @@ class Stepper:
         self._current ^= 1
         self._position += 1
         return self._logits[:, 0]
-
-    def step_shadowed(self, token: int) -> np.ndarray:
-        """`step_one` for a row and its halve shadow (rows 0 and 1) that take the same token."""
-        self._ids[0, 0] = self._ids[1, 0] = token
-        self._session.run_with_iobinding(self._bindings[self._current])
-        self._current ^= 1
-        self._position[0] += 1
-        self._position[1] += 1
-        return self._logits[0, 0]
 
     def step_one(self, token: int) -> np.ndarray:
         """The batch-1 hot path of `step`: an int in, (V,) logits out (overwritten next step).

@@ -76,10 +76,24 @@ def _dequantize(x, scale, zero_point=None, axis=1, block_size=0, **_):
     return (x * scale).astype(np.float32)
 
 
-def _quantize(x, scale, zero_point=None, **_):
-    zp = zero_point if zero_point is not None else np.uint8(0)
+def _quantize(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0, **_):
+    """QuantizeLinear: per tensor, or (int8 per row) with a scale shaped (..., 1) for the last axis
+    in one block. An all-zero row has scale 0: its codes are arbitrary (x / 0), as onnxruntime's
+    are, and the MatMul multiplies them by that 0."""
+    zp = zero_point if zero_point is not None else np.zeros((), DTYPES.get(output_dtype, np.uint8))
     info = np.iinfo(zp.dtype)
-    return np.clip(np.rint(x / scale) + zp.astype(np.float32), info.min, info.max).astype(zp.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.nan_to_num(np.rint(x / scale), nan=0.0)
+    return np.clip(q + zp.astype(np.float32), info.min, info.max).astype(zp.dtype)
+
+
+def _matmul_integer_to_float(a, b, a_scale, b_scale, a_zp=None, b_zp=None, bias=None):
+    """com.microsoft.MatMulIntegerToFloat: the exact integer product, times the row's and the
+    column's scale."""
+    acc = np.matmul(a.astype(np.int32) - (a_zp.astype(np.int32) if a_zp is not None else 0),
+                    b.astype(np.int32) - (b_zp.astype(np.int32) if b_zp is not None else 0))
+    out = acc.astype(np.float32) * (a_scale * b_scale)
+    return out if bias is None else out + bias
 
 
 def _matmul_nbits_codes(b, scales, zero_points=None, K=0, N=0, bits=4, block_size=32, **_):
@@ -158,6 +172,10 @@ OPS = {
     "Cast": lambda x, to: x.astype(DTYPES[to]),
     "Concat": lambda *xs, axis: np.concatenate(xs, axis=axis),
     "Identity": lambda x: x,
+    "Abs": np.abs,
+    "ReduceMax": lambda x, axes=None, keepdims=1: np.max(x, axis=tuple(int(a) for a in axes), keepdims=bool(keepdims)),
+    "Expand": lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))),
+    "MatMulIntegerToFloat": _matmul_integer_to_float,
     "DynamicQuantizeLinear": _dynamic_quantize,
     "MatMulInteger": lambda a, b, a_zp=None, b_zp=None: np.matmul(
         a.astype(np.int32) - (a_zp.astype(np.int32) if a_zp is not None else 0),

@@ -30,6 +30,7 @@ BANNED = (PAD_ID, BOS_ID)  # never sampled; eos too when ignore_eos (banned_ids)
 
 
 MIN_PENALTY = 0.01  # logits over a smaller penalty could overflow to inf
+TINY_TEMPERATURE = 1e-30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +79,28 @@ class Sampler:
         self.plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
         self.penalized = params.repetition_penalty != 1.0 and params.repeat_last_n > 0
         self.top_k = params.top_k or vocab_size
-        self.temperature = params.temperature
+        # 0 is greedy; any other temperature at least TINY_TEMPERATURE, so that (x - max) / T never
+        # overflows (it is greedy all the same: every other byte's log-probability is -1e30 or less)
+        self.temperature = max(params.temperature, TINY_TEMPERATURE) if params.temperature else 0.0
         self.log_min_p = math.log(params.min_p) if params.min_p > 0 else -1e308  # > -inf: never banned bytes
 
     def sample(self, logits: np.ndarray, recent=()) -> int:
-        """One byte from a (V,) logit row; `recent` are the row's latest tokens (for the penalty)."""
+        """One byte from a (V,) logit row; `recent` are the row's latest tokens (for the penalty).
+        The arithmetic of sample_rows for one row, element for element (a test holds them equal):
+        without its batch bookkeeping it costs a third (mixer-run's loop samples every byte)."""
         if self.plain_greedy:  # the hot path of greedy decoding
             best = int(logits.argmax())
             if self._allowed[best]:
                 return best
-        token = sample_rows([self], logits[None], [recent])[0]
-        if isinstance(token, Exception):
-            raise token
-        return token
+        x = logits.astype(np.float64)  # (V,)
+        x[self.banned] = -np.inf
+        if self.penalized:
+            self.penalize(x, recent)
+        if self.temperature == 0:
+            return int(x.argmax())
+        d = (x - x.max()) / self.temperature  # log p relative to the most likely byte, as _draw
+        ids = np.flatnonzero(d >= self.log_min_p)
+        return self.pick(ids.tolist(), d[ids].tolist())
 
     def pick(self, ids: list[int], logp: list[float]) -> int:
         """One of the min-p candidates `ids` (ascending; `logp` their log-probabilities relative to
@@ -149,9 +159,8 @@ def _draw(x: np.ndarray, samplers: list[Sampler]) -> list[int]:
     candidates (few); Python floats finish each row, so nothing a row computes depends on the
     other rows."""
     R, V = x.shape
-    x -= x.max(axis=1, keepdims=True)  # <= 0 before the division: a tiny temperature cannot overflow
-    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the most likely, as meant
-        x /= np.array([[s.temperature] for s in samplers])  # (R, V) log p relative to the most likely byte
+    x -= x.max(axis=1, keepdims=True)
+    x /= np.array([[s.temperature] for s in samplers])  # (R, V) log p relative to the most likely byte
     flat = (x >= np.array([[s.log_min_p] for s in samplers])).ravel().nonzero()[0]  # row-major
     bounds = np.searchsorted(flat, np.arange(0, (R + 1) * V, V)).tolist()  # each row's slice
     ids, logp = (flat % V).tolist(), x.ravel()[flat].tolist()

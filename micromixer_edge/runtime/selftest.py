@@ -65,7 +65,7 @@ def slow_path_note(model: MixerModel) -> str | None:
         return None
     return (f"note: this CPU has no int8 dot product (e.g. Raspberry Pi 4), so onnxruntime runs "
             f"{scheme} on a slow fallback; for this board quantize with: mixer-quantize MODEL.onnx "
-            "--target pi4 (int8-weight-only, float arithmetic)")
+            "--target pi4 (int8: MLAS's NEON integer kernel)")
 
 
 @dataclasses.dataclass
