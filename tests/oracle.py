@@ -27,7 +27,7 @@ class ContextOracle:
             logits, self.state = self.model.prefill(np.asarray([self.tokens[-W:]], np.int64))
             return logits[0, -1]
         if self.mode == "halve" and full:
-            _, self.state = self.model.prefill(np.asarray([self.tokens[-W // 2 - 1:-1]], np.int64))
+            _, self.state = self.model.prefill(np.asarray([self.tokens[-(W // 2) - 1:-1]], np.int64))
         logits, self.state = self.model.step(np.asarray([token], np.int64), self.state)
         return logits[0]
 

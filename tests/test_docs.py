@@ -32,3 +32,14 @@ def test_the_scheme_table_of_docs_format_md_is_the_codes():
     for mode, *_ in rows:  # each --target named in the table picks that mode
         for target in re.findall(r"--target (\w+)", mode):
             assert fmt.TARGETS[target] == re.search(r"`([^`]+)`", mode).group(1)
+
+
+def test_the_field_table_of_docs_server_md_is_the_servers():
+    """Every request field the server reads, and every field it refuses, is in docs/server.md."""
+    from micromixer_edge.serve.fields import FIELDS, REFUSED
+    text = (ROOT / "docs" / "server.md").read_text()
+    documented = {name for row in _table(ROOT / "docs" / "server.md", "field")
+                  for name in re.findall(r"`([a-z_]+)", row[0])}
+    assert documented >= {f.name for f in FIELDS} | {"prompt"}
+    for name, off in REFUSED.items():
+        assert f"`{name}`" in text

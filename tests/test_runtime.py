@@ -17,7 +17,8 @@ from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.context import CONTEXT_MODES, sequence_logits
 from oracle import ContextOracle
-from micromixer_edge.runtime.generate import GenerationStats, generate, generate_batch
+from micromixer_edge.runtime.engine import GenerationStats
+from micromixer_edge.runtime.generate import generate, generate_batch
 from micromixer_edge.runtime.textstream import TextStream
 
 GREEDY_WINDOW = dict(temperature=0, ignore_eos=True, context="window")

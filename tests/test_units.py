@@ -141,6 +141,7 @@ def test_a_request_parses_or_is_a_bad_request(body):
         req = _parse(body)
     except BadRequest as e:
         assert e.status in (400, 413) and str(e)
+        assert e.param is None or e.param in str(e)  # it names its field
         return
     p = req.options.sampling
     assert isinstance(req.prompt, str) and 0 <= req.options.max_new_tokens <= 4096
@@ -151,3 +152,21 @@ def test_a_request_parses_or_is_a_bad_request(body):
 def test_null_is_absent_and_defaults_are_the_documented_ones():
     req = _parse({"prompt": "x", "max_tokens": None, "temperature": None, "stop": None, "n": None, "echo": None})
     assert req.options.max_new_tokens == 16 and req.options.sampling.temperature == 0.8 and req.options.stop == ()
+
+
+def test_a_mode_the_engine_cannot_run_is_refused():
+    """The engine remembers a row's last W tokens: a mode must re-fold by W and keep fewer."""
+    from micromixer_edge.runtime.context import ContextMode
+
+    class TooLong(ContextMode):
+        name = "too-long"
+
+        def boundary(self, W):
+            return 2 * W
+
+        def keep(self, W):
+            return W
+    with pytest.raises(ValueError, match="boundary <= W"):
+        TooLong().check(64)
+    for mode in MODES.values():
+        mode.check(64)

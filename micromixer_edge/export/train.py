@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..format import PAD_ID, SIZES
+from ..format import DEFAULT_SIZE, PAD_ID, SIZES
 from ..codec import encode_story, read_stories
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import MicroMixerV2
@@ -26,7 +26,7 @@ LN2 = math.log(2.0)
 
 @dataclasses.dataclass
 class TrainConfig:
-    size: str = "1m"
+    size: str = DEFAULT_SIZE
     steps: int = 1500
     batch_size: int = 32
     seq_len: int | None = None  # tokens per row; default: the preset's max_seq_len

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import run_cli
+from ..errors import EXIT_ERROR, run_cli
 from ..format import BACKENDS, DEFAULT_BACKEND
 from .engine import GenerateOptions
 from .sampling import SamplingParams
@@ -93,12 +93,12 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
         if note:
             click.echo(note)
         if not result.passed:
-            raise SystemExit(1)
+            raise SystemExit(EXIT_ERROR)
         return
     if prompt == "-":
         prompt = _read_stdin_prompt()
     # only what the user set: every default is GenerateOptions' and SamplingParams' own
-    options = GenerateOptions.of(**{k: v for k, v in kw.items() if v is not None and v is not False})
+    options = GenerateOptions.of(**{k: v for k, v in kw.items() if v is not None})
     if prompt is not None and not prompt and not load_state:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")
     if save_state:

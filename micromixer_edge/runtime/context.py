@@ -37,6 +37,12 @@ class ContextMode:
     def bounded(self, W: int) -> bool:
         return self.boundary(W) != math.inf
 
+    def check(self, W: int) -> None:
+        """What the engine assumes of a mode: a bounded one re-folds at W at the latest and keeps
+        fewer tokens than its boundary (a row remembers its last W tokens, no more)."""
+        if self.bounded(W) and not 0 <= self.keep(W) < self.boundary(W) <= W:
+            raise ValueError(f"context mode {self.name}: needs 0 <= keep < boundary <= W = {W}")
+
     def suffix(self, position: int, n: int, W: int) -> int | None:
         """After folding n tokens into a state that holds `position`, the state depends on the last
         this-many tokens only (fold them from position 0); None: no re-fold, fold on."""

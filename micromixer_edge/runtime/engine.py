@@ -24,7 +24,7 @@ from ..errors import MixerError
 from ..codec import encode_prompt
 from ..format import EOS_ID
 from . import snapshot
-from .context import DEFAULT_CONTEXT_MODE, ContextMode, context_mode
+from .context import DEFAULT_CONTEXT_MODE, MODES, ContextMode, context_mode
 from .state import State
 from .sampling import Sampler, SamplingParams, sample_rows, seed_value
 from .textstream import TextStream
@@ -140,6 +140,8 @@ class Engine:
 
     def __init__(self, model: MixerModel):
         self.model, self.W = model, model.max_seq_len
+        for mode in MODES.values():
+            mode.check(self.W)
         self.rows: list[Row] = []
         self._ids = itertools.count()
         self._stepper = None

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import run_cli
+from ..errors import EXIT_ERROR, run_cli
 
 try:
     import uvicorn
@@ -14,7 +14,7 @@ try:
 except ImportError as e:  # the [serve] extra is missing: one line, not a traceback
     click.echo(f"error: mixer-serve needs the serve extra ({e.name} is missing): "
                "pip install 'micromixer-edge[serve]'", err=True)
-    raise SystemExit(1) from None
+    raise SystemExit(EXIT_ERROR) from None
 from .settings import Settings
 
 # The decode thread computes in Python between onnxruntime calls; the event loop needs the GIL for
@@ -65,9 +65,9 @@ def run(settings: Settings) -> None:
     server.run()  # uvicorn picks uvloop when installed
     if died:
         click.echo(f"error: the decode loop died ({server.decode_loop.dead}); exiting", err=True)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_ERROR)
     if not server.started:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_ERROR)
 
 
 class UvicornServer(uvicorn.Server):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..errors import MixerError, BadRequest
 from ..codec import utf8
 from ..format import VOCAB_SIZE
-from ..runtime.context import CONTEXT_MODES, DEFAULT_CONTEXT_MODE
+from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
 from ..runtime.sampling import MIN_PENALTY
 from .settings import DEFAULT_MAX_TOKENS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, Settings
@@ -114,8 +114,7 @@ def parse_completion(body: bytes, settings: Settings) -> CompletionRequest:
             given[field.option] = value
     for s in [given["stop"]] if isinstance(given.get("stop"), str) else given.get("stop", []):
         _text(s, "stop")
-    given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)
-    given.setdefault("context", DEFAULT_CONTEXT_MODE)
+    given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)  # OpenAI's, not GenerateOptions' own
     try:
         options = GenerateOptions.of(**given)
     except MixerError as e:
