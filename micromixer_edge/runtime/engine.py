@@ -7,9 +7,9 @@ graph's rows are independent, and the default int8 is too (docs/format.md).
 
 Past max_seq_len (W), each row follows its context mode (runtime/context.py: where the mode
 re-folds and what it keeps): a row at its boundary re-folds in one call of its own, alone or in a
-batch (halve: W/2 + 1 tokens every W/2 bytes, ~1 ms on x86). A lone row once folded the kept
+batch (halve: W/2 + 1 tokens every W/2 bytes, a few ms on x86). A lone row once folded the kept
 tokens ahead of time in a second "shadow" slot instead, so as never to pause; that made every call
-past W/2 one of two rows, a dearer trade than the pause (docs/performance.md).
+past W/2 one of two rows, and measured no faster than the re-fold (docs/performance.md).
 """
 from __future__ import annotations
 
