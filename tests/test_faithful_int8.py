@@ -159,3 +159,54 @@ def test_small_with_every_table_quantized(bundled, kind):
     # neither embedding table, nor any weight, is stored in float; but int8's three hyper-in weights
     assert floats == ([(224, 64)] * 3 if kind == "int8" else [])
     assert fmt.parse_metadata({p.key: p.value for p in q.metadata_props})["quantization"] == fmt.QUANT_SCHEMES[kind]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=st.lists(st.tuples(st.sampled_from(PROMPTS), st.sampled_from(["halve", "window", "unbounded"]),
+                                st.integers(0, 2**16), st.integers(200, 320)), min_size=2, max_size=5),
+       join_after=st.integers(0, 60))
+def test_int8_rows_are_the_same_alone_in_a_batch_and_joining_late_in_every_mode(models, specs, join_after):
+    """The default int8 through the engine: rows of every context mode, past W = 256 (re-folds),
+    sampled with their own seeds, give the bytes each gives alone, whether all start together or
+    some join after `join_after` steps."""
+    from micromixer_edge.runtime.engine import Engine
+    model = models["int8"]
+    opts = [GenerateOptions.of(max_new_tokens=n, seed=seed, context=mode, ignore_eos=True) for _, mode, seed, n in specs]
+    alone = [generate(model, p, o) for (p, *_), o in zip(specs, opts)]
+    engine = Engine(model)
+    first = [engine.add(p, o) for (p, *_), o in zip(specs[:1], opts[:1])]
+    out = {r.id: [] for r in first}
+    for _ in range(join_after):
+        for row in engine.step():
+            out[row.id].append(row.take_text())
+    late = [engine.add(p, o) for (p, *_), o in zip(specs[1:], opts[1:])]
+    out.update({r.id: [] for r in late})
+    for row, piece in engine.run():
+        out[row.id].append(piece)
+    assert ["".join(out[r.id]) for r in first + late] == alone
+
+
+def test_where_u8s8_would_clip_onnxruntime_runs_exact_u8u8_with_the_same_logits(bundled, tmp_path):
+    """On x86 without VNNI, MLAS's U8S8 kernel sums product pairs in a saturating int16; the runtime
+    then sets session.x64quantprecision (runtime/cpu.py), and onnxruntime rewrites the int8
+    weights to uint8 for its exact U8U8 kernels. Forced on here: the weights are rewritten, and
+    the logits are those of the exact int8 kernels of this CPU (VNNI or AMX), bit for bit."""
+    import onnxruntime as ort
+    from micromixer_edge.runtime.cpu import cpu_flags
+    from micromixer_edge.runtime.model import session_options
+    if not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        pytest.skip("the reference needs a CPU whose U8S8 kernel is exact (VNNI or AMX)")
+    ids = np.array([[1, *b"Once upon a time, there was a little girl named Lily. She"]])
+    feeds = {fmt.INPUT_IDS: ids, fmt.POSITION: np.zeros(1, np.int64), fmt.STATE: np.zeros((3, 1, 224), np.float32)}
+    out = {}
+    for precise in (False, True):
+        opts = session_options()
+        if precise:
+            opts.add_session_config_entry("session.x64quantprecision", "1")
+        opts.optimized_model_filepath = str(tmp_path / f"{precise}.onnx")
+        out[precise] = ort.InferenceSession(str(bundled["int8"]), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+        g = onnx.load(opts.optimized_model_filepath).graph
+        types = {t.name: t.data_type for t in g.initializer}
+        want = onnx.TensorProto.UINT8 if precise else onnx.TensorProto.INT8
+        assert {types[n.input[1]] for n in g.node if n.op_type == "MatMulIntegerToFloat"} == {want}
+    np.testing.assert_array_equal(out[True][0], out[False][0])

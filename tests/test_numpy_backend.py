@@ -156,3 +156,17 @@ def test_files_of_retired_schemes_still_load_and_run(models, tmp_path, scheme):
     assert run_selftest(ort_model).passed
     ids = np.array([[1, *b"Once upon a time"]])
     np.testing.assert_allclose(np_model.prefill(ids)[0], ort_model.prefill(ids)[0], atol=0.25, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["none", "int8", "portable"])
+def test_numpy_backend_rows_are_batch_invariant(models, kind):
+    """A row's logits in the numpy backend do not depend on its batch neighbours, bit for bit
+    (MatMul row by row: BLAS rounds a many-row product otherwise, which int8 would amplify)."""
+    model, rng = MixerModel(models[kind], backend="numpy"), np.random.default_rng(1)
+    ids = rng.integers(3, 256, (4, 9))
+    state = model.new_state(4)
+    state.position[:] = [0, 7, 120, 3]
+    state.sums[:] = rng.normal(scale=3, size=state.sums.shape).astype(np.float32)
+    together, _ = model.prefill(ids, state)
+    for i in range(4):
+        np.testing.assert_array_equal(together[i], model.prefill(ids[i:i + 1], state.rows([i]))[0][0])

@@ -36,12 +36,12 @@ def _alone(model, prompt, n, seed, temperature=0.8, context="halve"):
     return _alone_row(model, prompt, n, seed, temperature, context)[0]
 
 
-def _alone_row(model, prompt, n, seed, temperature=0.8, context="halve", **sampling):
+def _alone_row(model, prompt, n, seed, temperature=0.8, context="halve", stop=(), **sampling):
     """(text, finish_reason, completion tokens) of the request's row run alone in an engine."""
     from micromixer_edge.runtime.engine import Engine
     engine = Engine(model)
     row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, temperature=temperature,
-                                                context=context, **sampling))
+                                                context=context, stop=stop, **sampling))
     text = "".join(piece for _, piece in engine.run())
     return text, row.finish_reason, row.stats.new_tokens
 
@@ -65,13 +65,14 @@ def test_openai_client_matches_mixer_run(server, bundled):
 
 
 def test_stop_strings_and_context_extensions(server, bundled):
+    """Past W (300 bytes: both modes cross W = 256 when no stop string comes first)."""
     model = MixerModel(bundled["int8"])
-    for prompt, context in (("Lily and Ben", "window"), ("The sun was", "unbounded")):
+    for prompt, context, stop in (("Lily and Ben", "window", [".", "!"]), ("The sun was", "unbounded", ["the"])):
         got = server.client.completions.create(model="i", prompt=prompt, max_tokens=300, temperature=0,
-                                               stop=[".", "!"], extra_body={"context": context})
-        want = generate(model, prompt, GenerateOptions.of(max_new_tokens=300, temperature=0, stop=[".", "!"],
-                                                          context=context))
-        assert got.choices[0].text == want and got.choices[0].finish_reason == "stop"
+                                               stop=stop, extra_body={"context": context})
+        want = _alone_row(model, prompt, 300, None, 0, context, stop=stop)
+        assert (got.choices[0].text, got.choices[0].finish_reason) == want[:2]
+        assert not any(s in got.choices[0].text for s in stop)
 
 
 def _stream(url, prompt, n, seed, drop_after=None):

@@ -57,7 +57,8 @@ class _Rewriter:
         self.producer = {out: n for n in self.graph.node for out in n.output}
         self.nodes: list = []
         self.quantized: dict[str, tuple[str, str, str, float]] = {}  # x -> (codes, scale, zero point, shift)
-        self.zp_rows: str | None = None
+        self.zp_rows: dict = {}  # an activation's leading dims -> 127 expanded to its scale's shape
+        self.leading = _leading_dims(model)
         self.corrections: dict[str, np.ndarray] = {}  # MatMul output -> what its bias loses (Gelu shift)
 
     def activation(self, x: str, K: int) -> tuple[str, str, str, float]:
@@ -72,12 +73,12 @@ class _Rewriter:
                        helper.make_node("ReduceMax", [f"{p}_abs", "rowq_axes"], [f"{p}_max"], name=f"{p}_Max",
                                         keepdims=1),
                        helper.make_node("Div", [f"{p}_max", "rowq_127"], [f"{p}_scale"], name=f"{p}_Scale")]
-        if self.zp_rows is None:  # 127 shaped like a scale, (T, B, 1): the same for every activation
-            self.zp_rows = "rowq_zp127_rows"
-            self.nodes += [helper.make_node("Shape", [f"{p}_scale"], ["rowq_scale_shape"], name="rowq_Shape"),
-                           helper.make_node("Expand", ["rowq_zp127", "rowq_scale_shape"], [self.zp_rows],
-                                            name="rowq_Expand")]
-        self.nodes.append(helper.make_node("QuantizeLinear", [x, f"{p}_scale", self.zp_rows], [f"{p}_u8"],
+        key = self.leading.get(x, x)  # activations of the same leading dims share one zero point
+        if key not in self.zp_rows:  # 127 shaped like the scale, (T, B, 1)
+            zp = self.zp_rows[key] = f"rowq_zp127_rows{len(self.zp_rows)}"
+            self.nodes += [helper.make_node("Shape", [f"{p}_scale"], [f"{zp}_shape"], name=f"{zp}_Shape"),
+                           helper.make_node("Expand", ["rowq_zp127", f"{zp}_shape"], [zp], name=f"{zp}_Expand")]
+        self.nodes.append(helper.make_node("QuantizeLinear", [x, f"{p}_scale", self.zp_rows[key]], [f"{p}_u8"],
                                            name=f"{p}_Quantize", axis=-1, block_size=K))
         return f"{p}_u8", f"{p}_scale", "rowq_zp127", 0.0
 
@@ -104,6 +105,18 @@ class _Rewriter:
         if shift:  # (g + c) @ W = g @ W + c * colsum(W)
             colsum = (codes.astype(np.float64) * scale.astype(np.float64)).sum(axis=0)
             self.corrections[node.output[0]] = (shift * colsum).astype(np.float32)
+
+
+def _leading_dims(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Activation name -> its dims but the last (symbolic names or sizes), where shape inference
+    knows them all."""
+    out = {}
+    for vi in onnx.shape_inference.infer_shapes(model).graph.value_info:
+        dims = vi.type.tensor_type.shape.dim
+        lead = tuple(d.dim_param or d.dim_value or None for d in dims[:-1])
+        if dims and None not in lead:
+            out[vi.name] = lead
+    return out
 
 
 def quantize_rows(model: onnx.ModelProto, matmuls: set[str]) -> None:

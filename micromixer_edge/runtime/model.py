@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import MixerError, FormatError
 from .. import format as fmt
 from .context import DEFAULT_CONTEXT_MODE
+from .cpu import x86_u8s8_saturates
 from .engine import GenerateOptions
 from .generate import generate as _generate, generate_batch as _generate_batch, stream as _stream
 from .sampling import SamplingParams
@@ -39,6 +40,8 @@ def session_options(threads: int = 1) -> "ort.SessionOptions":
     # (peak RSS -1.4 MB); a step measured no slower (61.8 vs 63.2 us).
     opts.enable_cpu_mem_arena = False
     opts.log_severity_level = 3  # errors only: the runner's stderr is for the user
+    if x86_u8s8_saturates():  # exact U8U8 integer kernels where U8S8 would clip (runtime/cpu.py)
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     return opts
 
 

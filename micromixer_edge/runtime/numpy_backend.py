@@ -92,8 +92,17 @@ def _matmul_integer_to_float(a, b, a_scale, b_scale, a_zp=None, b_zp=None, bias=
     column's scale."""
     acc = np.matmul(a.astype(np.int32) - (a_zp.astype(np.int32) if a_zp is not None else 0),
                     b.astype(np.int32) - (b_zp.astype(np.int32) if b_zp is not None else 0))
-    out = acc.astype(np.float32) * (a_scale * b_scale)
+    out = (acc.astype(np.float32) * b_scale) * a_scale  # onnxruntime's order: the same bits
     return out if bias is None else out + bias
+
+
+def _matmul_rows(a, b):
+    """MatMul one row at a time (a stack of (1, K) x (K, N) products): BLAS would round a
+    (rows, K) x (K, N) product differently with the number of rows, and the int8 model's rounding
+    of the next activation would turn that last-bit difference into a batch-dependent byte."""
+    if b.ndim != 2 or a.ndim < 2:
+        return np.matmul(a, b)
+    return np.matmul(a[..., None, :], b)[..., 0, :]
 
 
 def _matmul_nbits_codes(b, scales, zero_points=None, K=0, N=0, bits=4, block_size=32, **_):
@@ -156,7 +165,7 @@ def _cumsum(x, axis, exclusive=0, reverse=0):
 OPS = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
     "Div": lambda a, b: (a / b).astype(a.dtype) if a.dtype.kind == "f" else a // b,
-    "MatMul": np.matmul, "Cos": np.cos, "Sin": np.sin, "Sqrt": np.sqrt, "Erf": erf,
+    "MatMul": _matmul_rows, "Cos": np.cos, "Sin": np.sin, "Sqrt": np.sqrt, "Erf": erf,
     "Gelu": lambda x, approximate="none": (0.5 * x * (1 + erf(x * np.float32(_SQRT1_2)))).astype(x.dtype),
     "LayerNormalization": _layer_norm,
     "CumSum": _cumsum,

@@ -12,6 +12,7 @@ from ..errors import MixerError
 from ..format import NEEDS_DOT_PRODUCT
 from .engine import Engine, GenerateOptions
 from .model import MixerModel, ort
+from .cpu import cpu_flags, cpu_name
 from .sampling import SamplingParams
 
 
@@ -40,28 +41,13 @@ def make_vector(model: MixerModel, prompt: str = PROMPT, tokens: int = TOKENS) -
             "machine": platform.machine(), "backend": backend_version(model)}
 
 
-def _cpuinfo() -> dict[str, str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return {}
-    return {k.strip(): v.strip() for k, v in info.items()}
-
-
-def cpu_name() -> str:
-    info = _cpuinfo()
-    return next((info[k] for k in ("Model", "model name", "Hardware") if k in info),
-                platform.processor() or platform.machine())
-
-
 def slow_path_note(model: MixerModel) -> str | None:
     """On an Arm CPU without the int8 dot product (a Pi 4's Cortex-A72), onnxruntime has no 8-bit
     MatMulNBits kernel and dequantizes every weight on every call: say so, and what to use."""
     scheme = model.meta["quantization"]
     if scheme not in NEEDS_DOT_PRODUCT or model.backend != "onnxruntime":
         return None
-    if platform.machine() not in ("aarch64", "arm64") or "asimddp" in _cpuinfo().get("Features", "").split():
+    if platform.machine() not in ("aarch64", "arm64") or "asimddp" in cpu_flags():
         return None
     return (f"note: this CPU has no int8 dot product (e.g. Raspberry Pi 4), so onnxruntime runs "
             f"{scheme} on a slow fallback; for this board quantize with: mixer-quantize MODEL.onnx "

@@ -1,0 +1,38 @@
+"""What this CPU is, from /proc/cpuinfo (Linux; elsewhere: unknown, and nothing is assumed)."""
+from __future__ import annotations
+
+import functools
+import platform
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in info.items()}
+
+
+def cpu_flags() -> set[str]:
+    info = cpuinfo()
+    return set(info.get("flags", info.get("Features", "")).split())
+
+
+def cpu_name() -> str:
+    info = cpuinfo()
+    return next((info[k] for k in ("Model", "model name", "Hardware") if k in info),
+                platform.processor() or platform.machine())
+
+
+def x86_u8s8_saturates() -> bool:
+    """On x86 without an int8 dot product (AVX2 or AVX-512 without VNNI, no AMX), MLAS's U8S8
+    kernel adds pairs of uint8 x int8 products in a saturating int16 (vpmaddubsw): with activation
+    codes near 127 and weights up to 127, 2-8 % of the int8 model's MatMul outputs clip. Where this
+    holds, onnxruntime's `session.x64quantprecision` makes it use exact U8U8 kernels instead."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    flags = cpu_flags()
+    return bool(flags) and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
