@@ -11,12 +11,15 @@ from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..runtime.model import MixerModel
+from .auth import RequireKey, read_api_key
 from .fields import parse_completion
 from .loop import DecodeLoop
 from .metrics import Metrics
@@ -159,9 +162,19 @@ class Service:
             if not job.ended:
                 self.loop.cancel(job)
 
+    def model_card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "micromixer-edge",
+                "meta": self.model.meta}
+
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
-                                                         "owned_by": "micromixer-edge", "meta": self.model.meta}]})
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def one_model(self, request: Request) -> Response:
+        """GET /v1/models/{id}: this server's one model, or 404."""
+        if request.path_params["model"] != self.name:
+            return error(404, f"no model {request.path_params['model']!r}; this server has {self.name!r}",
+                         "model", code="model_not_found")
+        return JSONResponse(self.model_card())
 
     async def health(self, request: Request) -> Response:
         """200 while serving; 503 while stopping, or when the decode loop has died (the process
@@ -200,9 +213,19 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
 
     routes = [Route("/v1/completions", server.completions, methods=["POST"]),
               Route("/v1/models", server.models, methods=["GET"]),
+              Route("/v1/models/{model:path}", server.one_model, methods=["GET"]),
               Route("/health", server.health, methods=["GET"]),
               Route("/metrics", server.metrics_text, methods=["GET"]),
               Route("/", server.playground, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: crash})
+    key = read_api_key(settings.api_key, settings.api_key_file)
+    middleware = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])
+                  for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]
+    if key is not None:  # inside CORS: a preflight (OPTIONS, no credentials) is answered before it
+        middleware.append(Middleware(RequireKey, key=key, unauthorized=lambda: error(
+            401, "a valid API key is needed: send 'Authorization: Bearer KEY'", code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"})))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: http_error, Exception: crash})
     app.state.server = server
     return app

@@ -28,8 +28,8 @@ def _flag(f: dataclasses.Field):
     """One click option per Settings field: its type, default, lower bound and help."""
     low, high = f.metadata["min"], f.metadata["max"]
     kind = {int: click.IntRange(low, high), float: click.FloatRange(low, high)}.get(type(f.default), str)
-    return click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default, show_default=True,
-                        help=f.metadata["help"])
+    return click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                        show_default=f.default not in (None, ""), help=f.metadata["help"])
 
 
 def _settings_flags(command):

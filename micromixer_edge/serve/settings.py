@@ -33,6 +33,12 @@ class Settings:
                                        "keep-alive idle time.", 0.1)
     max_connections: int = _opt(512, "Open connections at most; one past it gets 503 and is closed.", 1)
     shutdown_seconds: float = _opt(5.0, "On SIGTERM/SIGINT, in-flight streams end within this many seconds.", 0)
+    api_key: str = _opt(None, "Require 'Authorization: Bearer KEY' on every route but /health and the "
+                              "playground page (which asks for it).")
+    api_key_file: str = _opt(None, "As --api-key, the key read from this file's first line (kept out of "
+                                   "the process list).")
+    cors_origins: str = _opt("", "Comma-separated origins whose pages may call the API (CORS), e.g. "
+                                 "http://localhost:3000; '*' for any. Default: none.")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
