@@ -170,3 +170,30 @@ def test_a_mode_the_engine_cannot_run_is_refused():
         TooLong().check(64)
     for mode in MODES.values():
         mode.check(64)
+
+
+message = st.one_of(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "robot"]),
+                                           "content": st.text() | st.lists(st.fixed_dictionaries(
+                                               {"type": st.sampled_from(["text", "image_url"]), "text": st.text()}),
+                                               max_size=3) | st.none()}),
+                    json_values)
+
+
+@settings(max_examples=200)
+@given(messages=st.lists(message, max_size=4) | json_values, extra=st.dictionaries(st.sampled_from(
+    ["max_tokens", "max_completion_tokens", "stream", "temperature"]), json_values, max_size=2))
+def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
+    """The chat endpoint's parser: a prompt from the default template, or a BadRequest."""
+    pytest.importorskip("jinja2")  # the serve extra's
+    from micromixer_edge.serve.chat import ChatTemplate
+    from micromixer_edge.serve.fields import parse_chat
+    from micromixer_edge.serve.settings import Settings
+    body = json.dumps({"messages": messages, **extra}).encode()
+    try:
+        req = parse_chat(body, Settings(model="m"), ChatTemplate())
+    except BadRequest as e:
+        assert e.status in (400, 413) and str(e)
+        return
+    texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
+             for m in messages]
+    assert req.prompt == "\n\n".join(texts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -20,7 +21,8 @@ from starlette.routing import Route
 from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..runtime.model import MixerModel
 from .auth import RequireKey, read_api_key
-from .fields import parse_completion
+from .chat import ChatTemplate
+from .fields import parse_chat, parse_completion
 from .loop import DecodeLoop
 from .metrics import Metrics
 from .settings import Settings
@@ -40,6 +42,29 @@ def error_doc(status: int, message: str, param: str | None = None, code=None) ->
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """How an endpoint writes its answer: OpenAI's completion or chat completion objects."""
+    id_prefix: str
+    whole_object: str
+    chunk_object: str
+    chat: bool
+
+    def whole(self, text: str, finish: str) -> dict:
+        body = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
+        return {"index": 0, **body, "logprobs": None, "finish_reason": finish}
+
+    def piece(self, text: str, finish: str | None, first: bool) -> dict:
+        if not self.chat:
+            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
+CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client has gone away (the body was read already: the next message is the
     disconnect)."""
@@ -55,11 +80,13 @@ class Service:
         self.model = MixerModel(settings.model, settings.threads)
         self.name = self.model.path.stem
         self.loop = DecodeLoop(self.model, settings.max_batch, settings.max_queue, self.metrics, on_death)
+        self.template = ChatTemplate.from_file(settings.chat_template)
 
-    def chunk(self, cid: str, created: int, text: str | None, finish: str | None = None, usage=None) -> str:
+    def chunk(self, shape: "Shape", cid: str, created: int, text: str | None, finish: str | None = None,
+              usage=None, first: bool = False) -> str:
         """One SSE event in OpenAI's chunk format; text None: the usage-only chunk (no choices)."""
-        choices = [] if text is None else [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]
-        doc = {"id": cid, "object": "text_completion", "created": created, "model": self.name, "choices": choices}
+        choices = [] if text is None else [shape.piece(text, finish, first)]
+        doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
         return f"data: {json.dumps(doc)}\n\n"
@@ -85,8 +112,15 @@ class Service:
         return bytes(data)
 
     async def completions(self, request: Request) -> Response:
+        return await self._answer(request, TEXT, lambda body: parse_completion(body, self.settings))
+
+    async def chat(self, request: Request) -> Response:
+        return await self._answer(request, CHAT, lambda body: parse_chat(body, self.settings, self.template))
+
+    async def _answer(self, request: Request, shape: "Shape", parse) -> Response:
+        """Parse, queue, then stream or answer whole, in the endpoint's shape."""
         try:
-            req = parse_completion(await self.body(request), self.settings)
+            req = parse(await self.body(request))
             job = self.loop.submit(req.prompt, req.options)
         except BadRequest as e:
             self.metrics.requests.labels(outcome=f"error_{e.status}").inc()
@@ -98,17 +132,17 @@ class Service:
             return error(429, "the server is busy: too many queued requests", headers={"Retry-After": "1"})
         except ShuttingDown:
             return error(503, "the server is shutting down" if self.loop.dead is None else "the server failed")
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        cid, created = f"{shape.id_prefix}{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
-            return StreamingResponse(self._events(job, cid, created, req.include_usage),
+            return StreamingResponse(self._events(shape, job, cid, created, req.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            return await self._whole(request, job, cid, created)
+            return await self._whole(shape, request, job, cid, created)
         finally:
             if not job.ended:
                 self.loop.cancel(job)
 
-    async def _whole(self, request: Request, job, cid: str, created: int) -> Response:
+    async def _whole(self, shape: "Shape", request: Request, job, cid: str, created: int) -> Response:
         """A non-streaming answer; a client that goes away meanwhile frees its row at once."""
         gone, text = asyncio.ensure_future(_disconnected(request)), []
         try:
@@ -126,16 +160,16 @@ class Service:
                 if reason in CUT:
                     status, code, message = CUT[reason]
                     return error(status, message.format(err), code=code)
-                return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": self.name,
-                                     "choices": [{"text": "".join(text), "index": 0, "logprobs": None,
-                                                  "finish_reason": FINISH[reason]}], "usage": usage})
+                return JSONResponse({"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
+                                     "choices": [shape.whole("".join(text), FINISH[reason])], "usage": usage})
         finally:
             gone.cancel()
 
-    async def _events(self, job, cid: str, created: int, include_usage: bool):
+    async def _events(self, shape: "Shape", job, cid: str, created: int, include_usage: bool):
         """Server-sent events: a chunk per piece, a last chunk with finish_reason, [DONE]. A row cut
         short (an error, shutdown) ends with an error event instead of a finish_reason. When the
         client goes away, Starlette cancels this generator and the row leaves the step."""
+        first = True
         try:
             while True:
                 item, text = await job.out.get(), []
@@ -145,7 +179,8 @@ class Service:
                     if item is None:
                         break
                 if text:
-                    yield self.chunk(cid, created, "".join(text), None)
+                    yield self.chunk(shape, cid, created, "".join(text), None, first=first)
+                    first = False
                 if item is None:
                     continue
                 _, reason, usage, err = item
@@ -153,9 +188,9 @@ class Service:
                     status, code, message = CUT[reason]
                     yield f"data: {json.dumps(error_doc(status, message.format(err), code=code))}\n\n"
                 else:
-                    yield self.chunk(cid, created, "", FINISH[reason])
+                    yield self.chunk(shape, cid, created, "", FINISH[reason], first=first)
                     if include_usage:
-                        yield self.chunk(cid, created, None, usage=usage)
+                        yield self.chunk(shape, cid, created, None, usage=usage)
                 yield "data: [DONE]\n\n"
                 return
         finally:
@@ -212,6 +247,7 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
         return error(500, f"internal error: {type(exc).__name__}")
 
     routes = [Route("/v1/completions", server.completions, methods=["POST"]),
+              Route("/v1/chat/completions", server.chat, methods=["POST"]),
               Route("/v1/models", server.models, methods=["GET"]),
               Route("/v1/models/{model:path}", server.one_model, methods=["GET"]),
               Route("/health", server.health, methods=["GET"]),

@@ -89,15 +89,56 @@ def _neutral(value, off) -> bool:
 
 def parse_completion(body: bytes, settings: Settings) -> CompletionRequest:
     """A /v1/completions body -> the request; BadRequest (400 or 413) for anything else."""
+    req = _json_object(body)
+    prompt = req.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest(400, "prompt must be a string", "prompt")
+    return _request(req, prompt, settings)
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def parse_chat(body: bytes, settings: Settings, render) -> CompletionRequest:
+    """A /v1/chat/completions body -> the request, its prompt the messages through `render`
+    (serve/chat.py); the other fields are the completions' (max_completion_tokens is OpenAI's
+    newer name for max_tokens)."""
+    req = _json_object(body)
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(400, "messages must be a non-empty list of {role, content}", "messages")
+    plain = [_message(m) for m in messages]
+    if req.get("max_completion_tokens") is not None and req.get("max_tokens") is None:
+        req = {**req, "max_tokens": req["max_completion_tokens"]}
+    return _request(req, render(plain), settings)
+
+
+def _message(m) -> dict:
+    """{role, content}: content a string or a list of text parts, as OpenAI's clients send it."""
+    if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+        raise BadRequest(400, "each message needs a role: one of " + ", ".join(CHAT_ROLES), "messages")
+    content = m.get("content")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise BadRequest(400, "a message's content must be text (a string or text parts)", "messages")
+    _text(content, "messages")
+    return {"role": m["role"], "content": content}
+
+
+def _json_object(body: bytes) -> dict:
     try:
         req = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, an integer too long
         raise BadRequest(400, "the request body is not valid JSON") from None
     if not isinstance(req, dict):
         raise BadRequest(400, "the request body must be a JSON object")
-    prompt = req.get("prompt")
-    if not isinstance(prompt, str):
-        raise BadRequest(400, "prompt must be a string", "prompt")
+    return req
+
+
+def _request(req: dict, prompt: str, settings: Settings) -> CompletionRequest:
+    """The fields every endpoint shares (FIELDS, REFUSED) around an already built prompt."""
     if len(_text(prompt, "prompt")) > settings.max_prompt_bytes:
         raise BadRequest(413, f"the prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)", "prompt")
     for name, off in REFUSED.items():

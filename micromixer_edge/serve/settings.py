@@ -37,6 +37,8 @@ class Settings:
                               "playground page (which asks for it).")
     api_key_file: str = _opt(None, "As --api-key, the key read from this file's first line (kept out of "
                                    "the process list).")
+    chat_template: str = _opt(None, "A Jinja template file that turns chat messages into the prompt "
+                                    "(default: their texts, a blank line apart; docs/server.md).")
     cors_origins: str = _opt("", "Comma-separated origins whose pages may call the API (CORS), e.g. "
                                  "http://localhost:3000; '*' for any. Default: none.")
 

@@ -1,0 +1,41 @@
+"""Chat messages -> one prompt, through a Jinja template (as llama.cpp and vLLM take one), rendered
+in Jinja's sandbox: a template cannot reach Python objects it was not given.
+
+The default suits a base byte-level story model, which has no notion of turns: the messages'
+texts in order, a blank line between them, and the reply continues the last one. A system
+message is accepted and placed first like any other. `--chat-template FILE` replaces it; the
+template sees `messages` (a list of {role, content}, content as text).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import BadRequest, MixerError
+
+DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{% if not loop.last %}\n\n{% endif %}{% endfor %}"
+
+
+class ChatTemplate:
+    def __init__(self, source: str = DEFAULT_TEMPLATE, name: str = "the default chat template"):
+        env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateError as e:
+            raise MixerError(f"{name}: not a Jinja template ({e})") from None
+        self.name = name
+
+    @classmethod
+    def from_file(cls, path: str | None) -> "ChatTemplate":
+        if path is None:
+            return cls()
+        return cls(Path(path).read_text(), str(path))
+
+    def __call__(self, messages: list[dict]) -> str:
+        """The prompt for these messages; a template that fails on them is the request's 400."""
+        try:
+            return self._template.render(messages=messages)
+        except jinja2.TemplateError as e:
+            raise BadRequest(400, f"the chat template failed on these messages ({e})", "messages") from None

@@ -1,0 +1,94 @@
+"""POST /v1/chat/completions (issue 22, item 1) with the official openai client's chat API, whole
+and streamed: the reply is the engine's continuation of the prompt the documented template makes
+(a system message first, like any other; the texts a blank line apart), a custom --chat-template
+is used as given, and bad messages are a 400 naming `messages`."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+httpx = pytest.importorskip("httpx")  # the test extra; the fast tier runs without it
+openai = pytest.importorskip("openai")
+pytest.importorskip("jinja2")
+from serving import Served  # noqa: E402
+
+from micromixer_edge.runtime.engine import GenerateOptions  # noqa: E402
+from micromixer_edge.runtime.generate import generate  # noqa: E402
+from micromixer_edge.runtime.model import MixerModel  # noqa: E402
+
+MESSAGES = [{"role": "system", "content": "A story for children."},
+            {"role": "user", "content": "Once upon a time, a little dog"}]
+
+
+@pytest.fixture(scope="module")
+def server(bundled):
+    s = Served(bundled["int8"])
+    yield s
+    assert s.stop() == 0
+
+
+def _want(bundled, prompt, n, seed):
+    return generate(MixerModel(bundled["int8"]), prompt, GenerateOptions.of(max_new_tokens=n, seed=seed))
+
+
+def test_chat_with_the_openai_client_whole_and_streamed(server, bundled):
+    want = _want(bundled, "A story for children.\n\nOnce upon a time, a little dog", 80, 3)
+    done = server.client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=80, seed=3)
+    assert done.object == "chat.completion" and done.id.startswith("chatcmpl-")
+    assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == want
+    assert done.choices[0].finish_reason in ("stop", "length") and done.usage.completion_tokens == len(want.encode())
+    chunks = list(server.client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=80, seed=3,
+                                                        stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == done.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    newer = server.client.chat.completions.create(model="m", messages=MESSAGES, max_completion_tokens=80, seed=3)
+    assert newer.choices[0].message.content == want  # OpenAI's newer name for max_tokens
+
+
+def test_text_parts_are_text(server, bundled):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Lily and "}, {"type": "text", "text": "Ben"}]}]
+    done = server.client.chat.completions.create(model="m", messages=parts, max_tokens=40, seed=1)
+    assert done.choices[0].message.content == _want(bundled, "Lily and Ben", 40, 1)
+
+
+@pytest.mark.parametrize("messages", [None, [], "hi", [{"role": "user"}], [{"role": "robot", "content": "x"}],
+                                      [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+                                      [{"role": "user", "content": "a\ud800b"}], [{"content": "x"}], [42]])
+def test_bad_messages_are_a_400_naming_messages(server, messages):
+    body = json.dumps({"messages": messages, "max_tokens": 3}).encode()
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert server.client.chat.completions.create(model="m", messages=MESSAGES[1:], max_tokens=2).choices
+
+
+def test_a_custom_chat_template(bundled, tmp_path):
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                                      "{{ messages[99].content }}")
+    s = Served(bundled["int8"], "--chat-template", str(tmp_path / "t.jinja"))
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 5})
+        assert r.status_code == 400 and "chat template" in r.json()["error"]["message"]  # messages[99]
+    finally:
+        assert s.stop() == 0
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    s = Served(bundled["int8"], "--chat-template", str(tmp_path / "t.jinja"))
+    try:
+        done = s.client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=40, seed=2)
+        prompt = "[system] A story for children.\n[user] Once upon a time, a little dog\n"
+        assert done.choices[0].message.content == _want(bundled, prompt, 40, 2)
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("text, message", [("{% for %}", "not a Jinja template"), (None, "no such file")])
+def test_a_bad_template_file_is_one_line_and_exit_1(bundled, tmp_path, text, message):
+    path = tmp_path / "bad.jinja"
+    if text is not None:
+        path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "micromixer_edge.serve.cli", str(bundled["int8"]), "--port", "0",
+                           "--chat-template", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
