@@ -144,7 +144,7 @@ def test_a_request_parses_or_is_a_bad_request(body):
         assert e.param is None or e.param in str(e)  # it names its field
         return
     p = req.options.sampling
-    assert isinstance(req.prompt, str) and 0 <= req.options.max_new_tokens <= 4096
+    assert all(isinstance(p, (str, bytes)) for p in req.prompts) and 0 <= req.options.max_new_tokens <= 4096
     assert 0 <= p.temperature <= 2 and 0 < p.top_p <= 1 and 0 <= p.top_k <= 256 and 0 <= p.min_p <= 1
     assert MIN_PENALTY <= p.repetition_penalty <= 10 and req.options.context in CONTEXT_MODES
 
@@ -196,4 +196,4 @@ def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
         return
     texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
              for m in messages]
-    assert req.prompt == "\n\n".join(texts)
+    assert req.prompts == ("\n\n".join(texts),)

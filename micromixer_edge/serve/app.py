@@ -50,19 +50,48 @@ class Shape:
     chunk_object: str
     chat: bool
 
-    def whole(self, text: str, finish: str) -> dict:
+    def whole(self, index: int, text: str, finish: str) -> dict:
         body = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
-        return {"index": 0, **body, "logprobs": None, "finish_reason": finish}
+        return {"index": index, **body, "logprobs": None, "finish_reason": finish}
 
-    def piece(self, text: str, finish: str | None, first: bool) -> dict:
+    def piece(self, index: int, text: str, finish: str | None, first: bool) -> dict:
         if not self.chat:
-            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
         delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
 TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
 CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
+
+
+async def _result(job) -> tuple[str, str, dict, str | None]:
+    """A job's whole text, finish reason, usage and error, once it is done."""
+    text = []
+    while True:
+        item = await job.out.get()
+        if item[0] == "piece":
+            text.append(item[1])
+        else:
+            return ("".join(text), *item[1:])
+
+
+async def _pump(index: int, job, merged: asyncio.Queue) -> None:
+    """Forward a job's items to a request's merged queue: all the text there is now as one piece."""
+    while True:
+        item, text = await job.out.get(), []
+        while item is not None and item[0] == "piece":
+            text.append(item[1])
+            item = job.out.get_nowait() if not job.out.empty() else None
+        if text:
+            merged.put_nowait((index, ("piece", "".join(text))))
+        if item is not None:
+            merged.put_nowait((index, item))
+            return
+
+
+def _total(usages: list[dict]) -> dict:
+    return {k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 async def _disconnected(request: Request) -> None:
@@ -82,10 +111,10 @@ class Service:
         self.loop = DecodeLoop(self.model, settings.max_batch, settings.max_queue, self.metrics, on_death)
         self.template = ChatTemplate.from_file(settings.chat_template)
 
-    def chunk(self, shape: "Shape", cid: str, created: int, text: str | None, finish: str | None = None,
-              usage=None, first: bool = False) -> str:
-        """One SSE event in OpenAI's chunk format; text None: the usage-only chunk (no choices)."""
-        choices = [] if text is None else [shape.piece(text, finish, first)]
+    def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
+              finish: str | None = None, usage=None, first: bool = False) -> str:
+        """One SSE event in OpenAI's chunk format; index None: the usage-only chunk (no choices)."""
+        choices = [] if index is None else [shape.piece(index, text, finish, first)]
         doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
@@ -121,7 +150,7 @@ class Service:
         """Parse, queue, then stream or answer whole, in the endpoint's shape."""
         try:
             req = parse(await self.body(request))
-            job = self.loop.submit(req.prompt, req.options)
+            jobs = self.loop.submit(req.choices())
         except BadRequest as e:
             self.metrics.requests.labels(outcome=f"error_{e.status}").inc()
             # a body not read to its end leaves the connection unusable: close it
@@ -134,68 +163,71 @@ class Service:
             return error(503, "the server is shutting down" if self.loop.dead is None else "the server failed")
         cid, created = f"{shape.id_prefix}{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
-            return StreamingResponse(self._events(shape, job, cid, created, req.include_usage),
+            return StreamingResponse(self._events(shape, jobs, cid, created, req.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            return await self._whole(shape, request, job, cid, created)
+            return await self._whole(shape, request, jobs, cid, created)
         finally:
+            self._cancel_open(jobs)
+
+    def _cancel_open(self, jobs) -> None:
+        for job in jobs:
             if not job.ended:
                 self.loop.cancel(job)
 
-    async def _whole(self, shape: "Shape", request: Request, job, cid: str, created: int) -> Response:
-        """A non-streaming answer; a client that goes away meanwhile frees its row at once."""
-        gone, text = asyncio.ensure_future(_disconnected(request)), []
+    async def _whole(self, shape: "Shape", request: Request, jobs, cid: str, created: int) -> Response:
+        """A non-streaming answer, every choice whole; a client that goes away meanwhile frees its
+        rows at once."""
+        gone = asyncio.ensure_future(_disconnected(request))
+        results = [asyncio.ensure_future(_result(job)) for job in jobs]
         try:
-            while True:
-                get = asyncio.ensure_future(job.out.get())
-                await asyncio.wait((get, gone), return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    return Response(status_code=499)  # nobody reads it: the caller cancels the row
-                item = get.result()
-                if item[0] == "piece":
-                    text.append(item[1])
-                    continue
-                _, reason, usage, err = item
+            while not all(r.done() for r in results):
+                await asyncio.wait([gone, *results], return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    return Response(status_code=499)  # nobody reads it: the caller cancels the rows
+            choices = []
+            for index, (text, reason, usage, err) in enumerate(r.result() for r in results):
                 if reason in CUT:
                     status, code, message = CUT[reason]
                     return error(status, message.format(err), code=code)
-                return JSONResponse({"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
-                                     "choices": [shape.whole("".join(text), FINISH[reason])], "usage": usage})
+                choices.append(shape.whole(index, text, FINISH[reason]))
+            return JSONResponse({"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
+                                 "choices": choices, "usage": _total([r.result()[2] for r in results])})
         finally:
             gone.cancel()
+            for r in results:
+                r.cancel()
 
-    async def _events(self, shape: "Shape", job, cid: str, created: int, include_usage: bool):
-        """Server-sent events: a chunk per piece, a last chunk with finish_reason, [DONE]. A row cut
-        short (an error, shutdown) ends with an error event instead of a finish_reason. When the
-        client goes away, Starlette cancels this generator and the row leaves the step."""
-        first = True
+    async def _events(self, shape: "Shape", jobs, cid: str, created: int, include_usage: bool):
+        """Server-sent events: chunks of each choice's text as it comes (index = the choice), a
+        chunk with each choice's finish_reason, the usage chunk if asked, then [DONE]. A choice cut
+        short (an error, shutdown) ends the stream with an error event instead. When the client
+        goes away, Starlette cancels this generator and the rows leave the step."""
+        merged: asyncio.Queue = asyncio.Queue()
+        pumps = [asyncio.ensure_future(_pump(i, job, merged)) for i, job in enumerate(jobs)]
+        first, usages = [True] * len(jobs), []
         try:
-            while True:
-                item, text = await job.out.get(), []
-                while item[0] == "piece":  # all the text there is now, as one event
-                    text.append(item[1])
-                    item = job.out.get_nowait() if not job.out.empty() else None
-                    if item is None:
-                        break
-                if text:
-                    yield self.chunk(shape, cid, created, "".join(text), None, first=first)
-                    first = False
-                if item is None:
+            while len(usages) < len(jobs):
+                index, item = await merged.get()
+                if item[0] == "piece":
+                    yield self.chunk(shape, cid, created, index, item[1], first=first[index])
+                    first[index] = False
                     continue
                 _, reason, usage, err = item
                 if reason in CUT:
                     status, code, message = CUT[reason]
                     yield f"data: {json.dumps(error_doc(status, message.format(err), code=code))}\n\n"
-                else:
-                    yield self.chunk(shape, cid, created, "", FINISH[reason], first=first)
-                    if include_usage:
-                        yield self.chunk(shape, cid, created, None, usage=usage)
-                yield "data: [DONE]\n\n"
-                return
+                    yield "data: [DONE]\n\n"
+                    return
+                yield self.chunk(shape, cid, created, index, "", FINISH[reason], first=first[index])
+                usages.append(usage)
+            if include_usage:
+                yield self.chunk(shape, cid, created, None, usage=_total(usages))
+            yield "data: [DONE]\n\n"
         finally:
-            if not job.ended:
-                self.loop.cancel(job)
+            for p in pumps:
+                p.cancel()
+            self._cancel_open(jobs)
 
     def model_card(self) -> dict:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "micromixer-edge",

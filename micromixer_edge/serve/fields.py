@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 from typing import Any, Callable
 
 from ..errors import MixerError, BadRequest
@@ -63,7 +64,8 @@ FIELDS = (
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
     Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
           lambda s: 'an object such as {"include_usage": true}'),
-    Field("n", lambda v, s: v == 1 and _integer(v), lambda s: "1 (one choice per request)"),
+    Field("n", lambda v, s: _integer(v) and 1 <= v <= s.max_batch,
+          lambda s: f"an integer from 1 to {s.max_batch} (--max-batch)"),
     Field("model", lambda v, s: isinstance(v, str), lambda s: "a string"),
     Field("user", lambda v, s: isinstance(v, str), lambda s: "a string"),
 )
@@ -75,10 +77,23 @@ REFUSED = {"logprobs": None, "echo": False, "logit_bias": {}, "presence_penalty"
 
 @dataclasses.dataclass(frozen=True)
 class CompletionRequest:
-    prompt: str
+    prompts: tuple            # each a str, or bytes (a prompt given as token ids)
     options: GenerateOptions
     stream: bool = False
     include_usage: bool = False
+    n: int = 1                # choices per prompt
+
+    def choices(self) -> list[tuple[str | bytes, list[GenerateOptions]]]:
+        """(prompt, the options of its n choices) per prompt. Choice i of the request (prompt p,
+        choice j: i = p * n + j, OpenAI's order) samples with seed + i, so that with a seed each
+        choice is the same whatever else runs; without one, each draws its own seed (else the n
+        rows forked from one state would draw the same bytes)."""
+        count, seed = len(self.prompts) * self.n, self.options.seed
+        if seed is None and count > 1:
+            seed = random.SystemRandom().getrandbits(62)
+        seeds = [None] * count if seed is None else [seed + i for i in range(count)]
+        return [(prompt, [dataclasses.replace(self.options, seed=seeds[p * self.n + j]) for j in range(self.n)])
+                for p, prompt in enumerate(self.prompts)]
 
 
 def _neutral(value, off) -> bool:
@@ -90,10 +105,25 @@ def _neutral(value, off) -> bool:
 def parse_completion(body: bytes, settings: Settings) -> CompletionRequest:
     """A /v1/completions body -> the request; BadRequest (400 or 413) for anything else."""
     req = _json_object(body)
-    prompt = req.get("prompt")
-    if not isinstance(prompt, str):
-        raise BadRequest(400, "prompt must be a string", "prompt")
-    return _request(req, prompt, settings)
+    return _request(req, _prompts(req.get("prompt")), settings)
+
+
+def _prompts(prompt) -> list[str | bytes]:
+    """OpenAI's four forms: a string, a list of strings, a list of token ids, a list of lists of
+    token ids. Tokens are bytes here (0-255), and a prompt of ids is those bytes (bos is added,
+    as for text)."""
+    def ids(v) -> bool:
+        return isinstance(v, list) and all(_integer(t) and 0 <= t <= 255 for t in v)
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if isinstance(prompt, list) and prompt and ids(prompt):
+        return [bytes(prompt)]
+    if isinstance(prompt, list) and prompt and all(ids(p) for p in prompt):
+        return [bytes(p) for p in prompt]
+    raise BadRequest(400, "prompt must be a string, a list of strings, a list of token ids (0-255) or a "
+                          "list of such lists", "prompt")
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -110,7 +140,7 @@ def parse_chat(body: bytes, settings: Settings, render) -> CompletionRequest:
     plain = [_message(m) for m in messages]
     if req.get("max_completion_tokens") is not None and req.get("max_tokens") is None:
         req = {**req, "max_tokens": req["max_completion_tokens"]}
-    return _request(req, render(plain), settings)
+    return _request(req, [render(plain)], settings)
 
 
 def _message(m) -> dict:
@@ -137,10 +167,13 @@ def _json_object(body: bytes) -> dict:
     return req
 
 
-def _request(req: dict, prompt: str, settings: Settings) -> CompletionRequest:
-    """The fields every endpoint shares (FIELDS, REFUSED) around an already built prompt."""
-    if len(_text(prompt, "prompt")) > settings.max_prompt_bytes:
-        raise BadRequest(413, f"the prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)", "prompt")
+def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> CompletionRequest:
+    """The fields every endpoint shares (FIELDS, REFUSED) around already built prompts."""
+    for prompt in prompts:
+        size = len(prompt) if isinstance(prompt, bytes) else len(_text(prompt, "prompt"))
+        if size > settings.max_prompt_bytes:
+            raise BadRequest(413, f"a prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)",
+                             "prompt")
     for name, off in REFUSED.items():
         if req.get(name) is not None and not _neutral(req[name], off):
             raise BadRequest(400, f"{name} is not supported by this server", name)
@@ -161,7 +194,11 @@ def _request(req: dict, prompt: str, settings: Settings) -> CompletionRequest:
     except MixerError as e:
         raise BadRequest(400, str(e)) from None
     usage = (req.get("stream_options") or {}).get("include_usage") is True
-    return CompletionRequest(prompt, options, req.get("stream") is True, usage)
+    n = req.get("n") or 1
+    if n * len(prompts) > settings.max_batch:
+        raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch "
+                              f"({settings.max_batch})", "n")
+    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n)
 
 
 def _text(s: str, name: str) -> bytes:

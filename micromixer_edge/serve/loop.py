@@ -32,6 +32,12 @@ class Job:
     cancelled: bool = False
     ended: bool = False
     answered: bool = False      # something was posted: the first text goes out without waiting
+    forks: list = dataclasses.field(default_factory=list)  # jobs forked from this one's prompt state
+
+    @property
+    def rows(self) -> int:
+        """The rows this job and its forks take."""
+        return 1 + len(self.forks)
 
 
 
@@ -59,6 +65,7 @@ class DecodeLoop:
         self._running, self.accepting = True, True
         self._outbox: list = []   # (job, item) waiting for the next flush
         self._admitting: list[Job] = []
+        self._unforked = 0          # rows held for forks whose parent's prompt is still folding
         self._ready: list[tuple[Job, BaseException | None]] = []  # prefilled off-thread, to join
         self._prefiller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-prefill")
         self._flushed, self._urgent = 0.0, False
@@ -68,17 +75,25 @@ class DecodeLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, prompt: str, options: GenerateOptions) -> Job:
-        job = Job(prompt, options, asyncio.Queue(), asyncio.get_running_loop())
+    def submit(self, choices: list[tuple[str | bytes, list[GenerateOptions]]]) -> list[Job]:
+        """Queue a request's choices, all or none: per prompt, one job that folds it and a fork
+        of its state for each further choice. Returns the jobs in choice order."""
+        aio, parents, jobs = asyncio.get_running_loop(), [], []
+        for prompt, options in choices:
+            group = [Job(prompt, o, asyncio.Queue(), aio) for o in options]
+            group[0].forks = group[1:]
+            parents.append(group[0])
+            jobs += group
         with self._wake:
             if not self.accepting or self.dead:
                 raise ShuttingDown()
-            free_rows = max(0, self.max_batch - len(self._jobs) - len(self._admitting))
-            if len(self._waiting) >= self.max_queue + free_rows:  # (not yet admitted: still a free row's)
+            active, waiting = self._counts()
+            # (what waits but fits in a free row is about to be admitted, not queued)
+            if waiting + len(jobs) > self.max_queue + max(0, self.max_batch - active):
                 raise QueueFull()
-            self._waiting.append(job)
+            self._waiting.extend(parents)
             self._wake.notify()
-        return job
+        return jobs
 
     def cancel(self, job: Job) -> None:
         """The client went away: its row leaves before the next step."""
@@ -88,16 +103,21 @@ class DecodeLoop:
             self._wake.notify()
 
     def counts(self) -> tuple[int, int]:
+        """(rows taken, requests' choices waiting for a row)."""
         with self._wake:
-            return len(self._jobs), len(self._waiting)
+            return self._counts()
+
+    def _counts(self) -> tuple[int, int]:
+        taken = len(self._jobs) + self._unforked + sum(j.rows for j in self._admitting)
+        return taken, sum(j.rows for j in self._waiting)
 
     def end_all(self) -> None:
         """Shutdown: stop accepting, and end every live or waiting row after this step."""
         with self._wake:
             self.accepting = False
-            self._cancel.extend(self._waiting)
+            self._cancel.extend(f for j in self._waiting for f in (j, *j.forks))
             self._waiting.clear()  # (so that none is admitted after being ended)
-            self._cancel.extend(self._jobs.values())
+            self._cancel.extend(f for j in list(self._jobs.values()) for f in (j, *j.forks))
             self._wake.notify()
 
     def stop(self) -> None:
@@ -115,7 +135,8 @@ class DecodeLoop:
             traceback.print_exc(file=sys.stderr)
             with self._wake:
                 self.dead, self.accepting = f"{type(e).__name__}: {e}", False
-                jobs = self._admitting + list(self._waiting) + list(self._jobs.values())
+                jobs = [f for j in self._admitting + list(self._waiting) + list(self._jobs.values())
+                        for f in (j, *j.forks)]
                 self._waiting.clear()
                 self._jobs.clear()
             for job in jobs:
@@ -138,7 +159,7 @@ class DecodeLoop:
                 cancel, self._cancel = self._cancel, []
                 ready, self._ready = self._ready, []
                 admit = self._admitting = []  # (taken from the queue: a death must still answer them)
-                while self._waiting and len(self._jobs) + len(admit) < self.max_batch:
+                while self._waiting and self._counts()[0] + self._waiting[0].rows <= self.max_batch:
                     admit.append(self._waiting.popleft())
             for job in cancel:
                 self._end(job, "cancelled" if self.accepting else "shutdown")
@@ -187,7 +208,8 @@ class DecodeLoop:
             return self._end(job, "cancelled")
         job.row = self.engine.new_row(job.options)
         with self._wake:
-            self._jobs[job.row.id] = job  # it holds a row from now on
+            self._jobs[job.row.id] = job  # it holds a row from now on (and its forks one each)
+            self._unforked += len(job.forks)
         if job.row.mode.bounded(self.engine.W) or len(job.prompt) < INLINE_PREFILL_TOKENS // 4:
             return self._join(job, self._prefill(job))  # (a character is at most 4 bytes)
         self._prefiller.submit(self._prefill_off_thread, job)
@@ -207,14 +229,32 @@ class DecodeLoop:
             self._wake.notify()
 
     def _join(self, job: Job, error: BaseException | None) -> None:
-        if job.ended:  # cancelled while its prompt folded
-            return
-        if error is not None:
-            self.engine.fail(job.row, error)
-        else:
-            self.engine.join(job.row)
-        if job.row.finish_reason:  # an error, or max_tokens 0
+        """The folded row joins the step, and its forks with it, from its state at the prompt's end."""
+        if not job.ended:  # (else cancelled while its prompt folded)
+            if error is not None:
+                self.engine.fail(job.row, error)
+            else:
+                self.engine.join(job.row)
+        for fork in job.forks:
+            self._fork(job, fork, error)
+        with self._wake:
+            self._unforked -= len(job.forks)
+        if not job.ended and job.row.finish_reason:  # an error, or max_tokens 0
             self._emit(job, job.row)
+
+    def _fork(self, job: Job, fork: Job, error: BaseException | None) -> None:
+        if fork.ended:
+            return
+        if error is not None or fork.cancelled:
+            return self._end(fork, "error" if error is not None else "cancelled", error)
+        try:
+            fork.row = self.engine.fork(job.row, fork.options)
+        except Exception as e:  # noqa: BLE001 - this choice alone
+            return self._end(fork, "error", e)
+        with self._wake:
+            self._jobs[fork.row.id] = fork
+        if fork.row.finish_reason:  # max_tokens 0
+            self._emit(fork, fork.row)
 
     def _emit(self, job: Job, row: Row) -> None:
         text = row.take_text()
@@ -223,7 +263,7 @@ class DecodeLoop:
         if row.finish_reason:
             self._end(job, row.finish_reason)
 
-    def _end(self, job: Job, reason: str) -> None:
+    def _end(self, job: Job, reason: str, error: BaseException | None = None) -> None:
         if job.ended:
             return
         job.ended = True
@@ -242,7 +282,8 @@ class DecodeLoop:
         reason = row.finish_reason if row is not None and row.finish_reason not in (None, "cancelled") else reason
         usage = _usage(row)
         self.metrics.finished(reason, usage["completion_tokens"])
-        self._post(job, "done", reason, usage, row.error if row is not None else None)
+        err = row.error if row is not None else f"{type(error).__name__}: {error}" if error is not None else None
+        self._post(job, "done", reason, usage, err)
 
 
 def _usage(row: Row | None) -> dict:

@@ -1,0 +1,108 @@
+"""Several choices in one request (issue 22, items 2 and 4): prompts as OpenAI allows (a string, a
+list of strings, a list of token ids, a list of such lists) and n > 1, whose rows fork from the
+prompt's state, folded once. Truth: choice i (prompt p, choice j, i = p * n + j) is what the
+engine makes alone for its prompt with seed + i."""
+import concurrent.futures
+
+import pytest
+
+httpx = pytest.importorskip("httpx")  # the test extra; the fast tier runs without it
+pytest.importorskip("openai")
+pytest.importorskip("starlette")
+from serving import Served  # noqa: E402
+
+from micromixer_edge.runtime.engine import Engine, GenerateOptions  # noqa: E402
+from micromixer_edge.runtime.model import MixerModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(bundled):
+    s = Served(bundled["int8"])
+    yield s
+    assert s.stop() == 0
+
+
+def _alone(bundled, prompt, n, seed, **kw):
+    engine = Engine(MixerModel(bundled["int8"]))
+    row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, **kw))
+    return "".join(p for _, p in engine.run()), row.finish_reason
+
+
+def test_a_list_of_prompts_gives_one_choice_each_in_order(server, bundled):
+    prompts = ["Once upon a time", "Lily and Ben", "The little dog"]
+    done = server.client.completions.create(model="m", prompt=prompts, max_tokens=60, seed=5)
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    for i, (p, c) in enumerate(zip(prompts, done.choices)):
+        assert (c.text, c.finish_reason) == _alone(bundled, p, 60, 5 + i)
+    assert done.usage.prompt_tokens == sum(len(p) + 1 for p in prompts)
+
+
+def test_token_id_prompts_are_their_bytes(server, bundled):
+    ids = [list(b"Once upon"), list(b"Tom had")]
+    done = server.client.completions.create(model="m", prompt=ids, max_tokens=40, seed=2)
+    one = server.client.completions.create(model="m", prompt=list(b"Once upon"), max_tokens=40, seed=2)
+    assert [c.text for c in done.choices] == [_alone(bundled, "Once upon", 40, 2)[0], _alone(bundled, "Tom had", 40, 3)[0]]
+    assert one.choices[0].text == done.choices[0].text
+
+
+def test_n_choices_fork_from_one_fold_and_each_is_its_seeds(server, bundled):
+    prompt = "One day, a girl named"
+    done = server.client.completions.create(model="m", prompt=prompt, max_tokens=80, n=3, seed=11, temperature=1.0)
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    for j, c in enumerate(done.choices):
+        assert (c.text, c.finish_reason) == _alone(bundled, prompt, 80, 11 + j, temperature=1.0)
+    assert done.usage.prompt_tokens == len(prompt) + 1  # folded once, not three times
+    assert done.usage.completion_tokens == sum(len(c.text.encode()) for c in done.choices)
+
+
+def test_n_with_a_list_of_prompts_streamed_equals_whole(server, bundled):
+    prompts, kw = ["The sun was", "Mom said,"], dict(model="m", max_tokens=50, n=2, seed=40)
+    whole = server.client.completions.create(prompt=prompts, **kw)
+    texts, finish = {}, {}
+    for chunk in server.client.completions.create(prompt=prompts, stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            finish[c.index] = c.finish_reason or finish.get(c.index)
+    assert [texts[i] for i in range(4)] == [c.text for c in whole.choices]
+    assert [finish[i] for i in range(4)] == [c.finish_reason for c in whole.choices]
+    assert whole.choices[3].text == _alone(bundled, "Mom said,", 50, 43)[0]  # prompt 1, choice 1: i = 3
+
+
+def test_without_a_seed_the_n_choices_differ(server):
+    done = server.client.completions.create(model="m", prompt="Once upon a time", max_tokens=60, n=3,
+                                            temperature=1.0, extra_body={"ignore_eos": True})
+    texts = [c.text for c in done.choices]
+    assert len(set(texts)) == 3, texts
+
+
+def test_a_choice_is_the_same_whatever_else_runs(server, bundled):
+    """n = 4 requests beside 8 single ones: each choice equals its seed's alone."""
+    def one(i):
+        return server.client.completions.create(model="m", prompt="Lily and Ben", max_tokens=40, seed=100 + i)
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        others = [pool.submit(one, i) for i in range(8)]
+        many = pool.submit(lambda: server.client.completions.create(model="m", prompt="Lily and Ben", max_tokens=40,
+                                                                    n=4, seed=200))
+        for j, c in enumerate(many.result().choices):
+            assert c.text == _alone(bundled, "Lily and Ben", 40, 200 + j)[0]
+        for i, f in enumerate(others):
+            assert f.result().choices[0].text == _alone(bundled, "Lily and Ben", 40, 100 + i)[0]
+
+
+def test_chat_with_n(server, bundled):
+    done = server.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Tom had a"}],
+                                                 max_tokens=30, n=2, seed=9)
+    assert [c.message.content for c in done.choices] == [_alone(bundled, "Tom had a", 30, 9 + j)[0] for j in range(2)]
+
+
+def test_the_health_counts_the_forks_and_frees_them(server):
+    body = {"prompt": "Once", "max_tokens": 4000, "n": 5, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as c, c.stream("POST", server.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(lines)
+        assert httpx.get(server.url + "/health").json()["active_rows"] == 5
+    import time
+    deadline = time.monotonic() + 5
+    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active_rows"] == 0
