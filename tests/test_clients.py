@@ -1,0 +1,43 @@
+"""mixer-serve with the clients people point at an OpenAI-compatible server (issue 22, item 8):
+LangChain's OpenAI (invoke, and batch, which sends a list of prompts) and ChatOpenAI (invoke with
+a system message, stream). Each answer is the engine's own for the prompt the server builds."""
+import pytest
+
+pytest.importorskip("starlette")
+langchain_openai = pytest.importorskip("langchain_openai")  # the test extra
+from serving import Served  # noqa: E402
+
+from micromixer_edge.runtime.engine import GenerateOptions  # noqa: E402
+from micromixer_edge.runtime.generate import generate  # noqa: E402
+from micromixer_edge.runtime.model import MixerModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(bundled):
+    s = Served(bundled["int8"])
+    yield s
+    assert s.stop() == 0
+
+
+def _greedy(bundled, prompt, n=30):
+    return generate(MixerModel(bundled["int8"]), prompt, GenerateOptions.of(max_new_tokens=n, temperature=0))
+
+
+def _kw(server, bundled):
+    return dict(base_url=server.url + "/v1", api_key="none", model=bundled["int8"].stem, max_tokens=30,
+                temperature=0, max_retries=0, timeout=60)
+
+
+def test_langchain_openai_invoke_and_batch(server, bundled):
+    llm = langchain_openai.OpenAI(**_kw(server, bundled))
+    assert llm.invoke("Once upon a time") == _greedy(bundled, "Once upon a time")
+    prompts = ["Lily and Ben", "The sun was", "Mom said,"]
+    assert llm.batch(prompts) == [_greedy(bundled, p) for p in prompts]
+
+
+def test_langchain_chat_openai_invoke_and_stream(server, bundled):
+    chat = langchain_openai.ChatOpenAI(**_kw(server, bundled))
+    reply = chat.invoke([("system", "A story for children."), ("human", "Tom had a big red")])
+    assert reply.content == _greedy(bundled, "A story for children.\n\nTom had a big red")
+    streamed = "".join(chunk.content for chunk in chat.stream("Once upon a time"))
+    assert streamed == _greedy(bundled, "Once upon a time")
