@@ -106,3 +106,30 @@ def test_the_health_counts_the_forks_and_frees_them(server):
     while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert httpx.get(server.url + "/health").json()["active_rows"] == 0
+
+
+def test_logit_bias_and_openais_penalties(server, bundled):
+    """logit_bias -100 on the space byte: no space is ever written; presence and frequency
+    penalties: the engine's bytes for the same options (counted over the bytes generated)."""
+    done = server.client.completions.create(model="m", prompt="Once upon a time", max_tokens=120, seed=4,
+                                            logit_bias={"32": -100})
+    assert " " not in done.choices[0].text and len(done.choices[0].text) > 20
+    kw = dict(presence_penalty=1.2, frequency_penalty=0.8)
+    got = server.client.completions.create(model="m", prompt="Lily and Ben", max_tokens=120, seed=4, **kw)
+    assert got.choices[0].text == _alone(bundled, "Lily and Ben", 120, 4, **kw)[0]
+    assert got.choices[0].text != _alone(bundled, "Lily and Ben", 120, 4)[0]  # they act
+
+
+def test_penalty_counts_go_into_snapshots(bundled):
+    """A row with OpenAI's penalties, saved and resumed, makes the bytes of one run."""
+    model = MixerModel(bundled["int8"])
+    opts = dict(seed=8, frequency_penalty=1.5, presence_penalty=0.5, ignore_eos=True)
+    engine = Engine(model)
+    whole = engine.add("The little dog", GenerateOptions.of(max_new_tokens=140, **opts))
+    text = "".join(p for _, p in engine.run())
+    first_engine = Engine(model)
+    row = first_engine.add("The little dog", GenerateOptions.of(max_new_tokens=70, **opts))
+    first = "".join(p for _, p in first_engine.run())
+    again = Engine(model)
+    again.restore(first_engine.snapshot(row), GenerateOptions.of(max_new_tokens=70, **opts))
+    assert first + "".join(p for _, p in again.run()) == text and whole.stats.new_tokens == 140

@@ -238,10 +238,11 @@ def test_null_means_absent(server, field):
         assert got.json()["choices"] == want.json()["choices"]
 
 
-@pytest.mark.parametrize("field, value", [("logprobs", 2), ("logprobs", 0), ("echo", True), ("logit_bias", {"50": 5}),
-                                          ("presence_penalty", 0.5), ("frequency_penalty", -1), ("best_of", 3),
-                                          ("suffix", "The end.")])
-def test_fields_not_built_are_refused_by_name(server, field, value):
+@pytest.mark.parametrize("field, value", [("logprobs", 2), ("logprobs", 0), ("echo", True), ("best_of", 3),
+                                          ("suffix", "The end."), ("logit_bias", {"300": 5}), ("logit_bias", {"a": 1}),
+                                          ("logit_bias", {"50": 101}), ("presence_penalty", 2.5),
+                                          ("frequency_penalty", -3)])
+def test_fields_not_built_or_out_of_bounds_are_refused_by_name(server, field, value):
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", field: value})
     assert r.status_code == 400 and r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
 

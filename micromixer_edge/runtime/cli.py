@@ -41,6 +41,18 @@ def _print_stream(pieces, interval: float = 0.05) -> None:
     out.flush()
 
 
+def _logit_bias(pairs) -> tuple | None:
+    """('10:-100', ...) -> ((10, -100.0), ...); a malformed pair is a usage error."""
+    out = []
+    for pair in pairs:
+        byte, _, bias = pair.partition(":")
+        try:
+            out.append((int(byte), float(bias)))
+        except ValueError:
+            raise click.BadParameter(f"{pair!r} is not BYTE:BIAS (e.g. 10:-100)", param_hint="--logit-bias") from None
+    return tuple(out) or None
+
+
 def _field_flag(cls, *decls: str, help: str):
     """An option for a field of `cls` (GenerateOptions, SamplingParams): its type and the default
     shown in --help come from the field; unset, it is None and the field's own default applies."""
@@ -64,6 +76,11 @@ def _stats_line(stats) -> str:
 @_field_flag(SamplingParams, "--min-p", help="0 = off.")
 @_field_flag(SamplingParams, "--repetition-penalty", help="1 = off.")
 @_field_flag(SamplingParams, "--repeat-last-n", help="Window of the repetition penalty.")
+@_field_flag(SamplingParams, "--presence-penalty", help="OpenAI's: minus this from every byte generated so far.")
+@_field_flag(SamplingParams, "--frequency-penalty", help="OpenAI's: minus this times each byte's count so far.")
+@click.option("--logit-bias", "logit_bias", multiple=True, metavar="BYTE:BIAS",
+              help="Add BIAS (-100 to 100) to byte BYTE's logit, e.g. 10:-100 never writes a newline "
+                   "(repeatable).")
 @click.option("--seed", type=int, help="Seed of the sampler [default: random].")
 @click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
@@ -98,6 +115,7 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
     if prompt == "-":
         prompt = _read_stdin_prompt()
     # only what the user set: every default is GenerateOptions' and SamplingParams' own
+    kw["logit_bias"] = _logit_bias(kw["logit_bias"])
     options = GenerateOptions.of(**{k: v for k, v in kw.items() if v is not None})
     if prompt is not None and not prompt and not load_state:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")

@@ -272,6 +272,7 @@ class Engine:
             self._finish_text(row)
             return token
         row.unfolded = True
+        row.sampler.accepted(token)
         row.stats.ids.append(token)
         row.stats.new_tokens += 1
         if opts.sampling.repeat_last_n:
@@ -358,6 +359,7 @@ class Engine:
         header = {"model_sha256": self.model.sha256, "num_layers": cfg.num_layers, "hidden_dim": cfg.hidden_dim,
                   "context": row.options.context, "position": row.position, "history": row.history,
                   "recent": row.recent, "rng": [version, list(mt), gauss],
+                  "counts": sorted(row.sampler.counts.items()),
                   "shadow_position": None}  # (no longer written; a reader may ignore it)
         arrays = {"sums": row.sums, "logits": row.logits}
         return snapshot.encode(header, arrays)
@@ -374,6 +376,8 @@ class Engine:
         # a snapshot written with a halve shadow (shadow_sums): the row's own sums are complete
         version, mt, gauss = header["rng"]
         row.sampler.rng.setstate((version, tuple(mt), gauss))
+        if row.sampler.counted:  # (snapshots before 0.2 have no counts: none generated then)
+            row.sampler.counts = {int(t): int(c) for t, c in header.get("counts", [])}
         if more:
             self.extend(row, list(more))
         return self.join(row)

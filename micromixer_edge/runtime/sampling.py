@@ -42,6 +42,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; CTRL-style, over the last `repeat_last_n` tokens
     repeat_last_n: int = 64
     ignore_eos: bool = False
+    presence_penalty: float = 0.0    # OpenAI's: minus this from every byte generated so far
+    frequency_penalty: float = 0.0   # OpenAI's: minus this times how often it was generated
+    logit_bias: tuple = ()           # ((byte, bias), ...): added to those bytes' logits
 
     def __post_init__(self):
         checks = [(self.temperature >= 0, "temperature must be >= 0"),
@@ -49,7 +52,11 @@ class SamplingParams:
                   (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "min-p must be in [0, 1]"),
                   (self.repetition_penalty >= MIN_PENALTY, f"repetition penalty must be >= {MIN_PENALTY}"),
-                  (self.repeat_last_n >= 0, "repeat-last-n must be >= 0")]
+                  (self.repeat_last_n >= 0, "repeat-last-n must be >= 0"),
+                  (-2 <= self.presence_penalty <= 2, "presence penalty must be in [-2, 2]"),
+                  (-2 <= self.frequency_penalty <= 2, "frequency penalty must be in [-2, 2]"),
+                  (all(0 <= int(t) < 256 and -100 <= b <= 100 for t, b in self.logit_bias),
+                   "logit bias: bytes 0-255, biases in [-100, 100]")]
         for ok, message in checks:
             if not ok:
                 raise MixerError(message)
@@ -76,8 +83,13 @@ class Sampler:
         self.rng = random.Random(seed_value(seed))
         self.banned = list(banned_ids(params))
         self._allowed = [i not in self.banned for i in range(vocab_size)]  # by id, for the greedy fast path
-        self.plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
         self.penalized = params.repetition_penalty != 1.0 and params.repeat_last_n > 0
+        self.counted = bool(params.presence_penalty or params.frequency_penalty)
+        self.counts: dict[int, int] = {}  # byte -> times generated (for presence and frequency)
+        self.bias = (np.array([int(t) for t, _ in params.logit_bias], np.int64),
+                     np.array([b for _, b in params.logit_bias], np.float64)) if params.logit_bias else None
+        self.adjusts = self.penalized or self.counted or self.bias is not None
+        self.plain_greedy = params.temperature == 0 and not self.adjusts
         self.top_k = params.top_k or vocab_size
         # 0 is greedy; any other temperature at least TINY_TEMPERATURE, so that (x - max) / T never
         # overflows (it is greedy all the same: every other byte's log-probability is -1e30 or less)
@@ -94,8 +106,8 @@ class Sampler:
                 return best
         x = logits.astype(np.float64)  # (V,)
         x[self.banned] = -np.inf
-        if self.penalized:
-            self.penalize(x, recent)
+        if self.adjusts:
+            self.adjust(x, recent)
         if self.temperature == 0:
             return int(x.argmax())
         d = (x - x.max()) / self.temperature  # log p relative to the most likely byte, as _draw
@@ -113,14 +125,26 @@ class Sampler:
         target = self.rng.random() * cdf[keep - 1]
         return ids[order[min(bisect.bisect_right(cdf, target, 0, keep), keep - 1)]]
 
-    def penalize(self, logits: np.ndarray, recent) -> None:
-        """CTRL's repetition penalty on a (V,) float64 row, in place."""
+    def accepted(self, token: int) -> None:
+        """The row generated `token` (counted for the presence and frequency penalties)."""
+        if self.counted:
+            self.counts[token] = self.counts.get(token, 0) + 1
+
+    def adjust(self, logits: np.ndarray, recent) -> None:
+        """A (V,) float64 row, in place, before temperature: CTRL's repetition penalty over the
+        last repeat_last_n tokens, then OpenAI's presence and frequency penalties over the bytes
+        generated so far, then the logit bias."""
         p = self.params
-        if not len(recent):
-            return
-        seen = np.unique(np.asarray(recent[-p.repeat_last_n:], dtype=np.int64))
-        vals = logits[seen]
-        logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if self.penalized and len(recent):
+            seen = np.unique(np.asarray(recent[-p.repeat_last_n:], dtype=np.int64))
+            vals = logits[seen]
+            logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if self.counts:
+            ids = np.fromiter(self.counts, np.int64, len(self.counts))
+            times = np.fromiter(self.counts.values(), np.float64, len(self.counts))
+            logits[ids] -= times * p.frequency_penalty + p.presence_penalty
+        if self.bias is not None:
+            logits[self.bias[0]] += self.bias[1]
 
 
 def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> list[int | Exception]:
@@ -138,8 +162,8 @@ def sample_rows(samplers: list[Sampler], logits: np.ndarray, recents: list) -> l
     for r, (b, s) in enumerate(zip(rest, sub)):
         x[r, s.banned] = -np.inf
         try:
-            if s.penalized:
-                s.penalize(x[r], recents[b])
+            if s.adjusts:
+                s.adjust(x[r], recents[b])
         except Exception as e:  # noqa: BLE001 - the row's own failure, handed to its caller
             out[b] = e
             continue

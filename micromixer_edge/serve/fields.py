@@ -30,6 +30,18 @@ def _integer(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _logit_bias(v) -> tuple | None:
+    """OpenAI's {"token id": bias} -> ((byte, bias), ...) sorted, or None if it is not one."""
+    if not isinstance(v, dict):
+        return None
+    out = []
+    for k, b in v.items():
+        if not (isinstance(k, str) and k.isdigit() and int(k) < 256 and _number(b) and -100 <= b <= 100):
+            return None
+        out.append((int(k), float(b)))
+    return tuple(sorted(out))
+
+
 def _stop(v) -> bool:
     stops = [v] if isinstance(v, str) else v
     return (isinstance(stops, list) and len(stops) <= MAX_STOP_STRINGS
@@ -60,6 +72,12 @@ FIELDS = (
     Field("stop", lambda v, s: _stop(v), lambda s: f"a non-empty string or a list of at most {MAX_STOP_STRINGS}",
           "stop"),
     Field("ignore_eos", lambda v, s: isinstance(v, bool), lambda s: "true or false", "ignore_eos"),
+    Field("presence_penalty", lambda v, s: _number(v) and -2 <= v <= 2, lambda s: "a number from -2 to 2",
+          "presence_penalty"),
+    Field("frequency_penalty", lambda v, s: _number(v) and -2 <= v <= 2, lambda s: "a number from -2 to 2",
+          "frequency_penalty"),
+    Field("logit_bias", lambda v, s: _logit_bias(v) is not None,
+          lambda s: 'an object of byte ids ("0" to "255") to numbers from -100 to 100', "logit_bias"),
     Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
     Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
@@ -71,8 +89,7 @@ FIELDS = (
 )
 
 # OpenAI's fields this server does not implement -> the value that means "off" (accepted)
-REFUSED = {"logprobs": None, "echo": False, "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0,
-           "best_of": 1, "suffix": ""}
+REFUSED = {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +202,7 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> Compl
         if not field.valid(value, settings):
             raise BadRequest(400, f"{field.name} must be {field.what(settings)}", field.name)
         if field.option is not None:
-            given[field.option] = value
+            given[field.option] = _logit_bias(value) if field.name == "logit_bias" else value
     for s in [given["stop"]] if isinstance(given.get("stop"), str) else given.get("stop", []):
         _text(s, "stop")
     given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)  # OpenAI's, not GenerateOptions' own
