@@ -39,7 +39,8 @@ def test_the_key_opens_the_api_and_nothing_else_does(keyed):
 
 
 def test_cors_lets_the_named_origin_call_and_no_other(keyed):
-    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+    pre = {"Access-Control-Request-Method": "POST",  # (and the headers OpenAI's JS client adds)
+           "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"}
     ok = httpx.options(keyed.url + "/v1/completions", headers={"Origin": "http://app.example", **pre})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
     other = httpx.options(keyed.url + "/v1/completions", headers={"Origin": "http://evil.example", **pre})

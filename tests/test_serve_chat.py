@@ -92,3 +92,23 @@ def test_a_bad_template_file_is_one_line_and_exit_1(bundled, tmp_path, text, mes
     proc = subprocess.run([sys.executable, "-m", "micromixer_edge.serve.cli", str(bundled["int8"]), "--port", "0",
                            "--chat-template", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_what_outsiders_found(server, bundled, tmp_path):
+    """max_completion_tokens wins over max_tokens; empty text parts are a 400; a template that
+    raises anything on a request's messages is that request's 400, not a 500."""
+    r = httpx.post(server.url + "/v1/chat/completions",
+                   json={"messages": MESSAGES, "max_tokens": 50, "max_completion_tokens": 3, "ignore_eos": True})
+    assert r.json()["usage"]["completion_tokens"] == 3
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": []}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": MESSAGES, "max_completion_tokens": -1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+    (tmp_path / "t.jinja").write_text("{{ 1 // (messages|length - 1) }}{{ messages[0].content }}")
+    s = Served(bundled["int8"], "--chat-template", str(tmp_path / "t.jinja"))
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": MESSAGES[1:], "max_tokens": 3})
+        assert r.status_code == 400 and "ZeroDivisionError" in r.json()["error"]["message"]
+        assert httpx.post(s.url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3}).status_code == 200
+    finally:
+        assert s.stop() == 0

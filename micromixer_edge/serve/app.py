@@ -287,7 +287,7 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
               Route("/", server.playground, methods=["GET"])]
     key = read_api_key(settings.api_key, settings.api_key_file)
     middleware = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                             allow_headers=["Authorization", "Content-Type"])
+                             allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)
                   for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]
     if key is not None:  # inside CORS: a preflight (OPTIONS, no credentials) is answered before it
         middleware.append(Middleware(RequireKey, key=key, unauthorized=lambda: error(

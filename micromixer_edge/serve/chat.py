@@ -37,5 +37,6 @@ class ChatTemplate:
         """The prompt for these messages; a template that fails on them is the request's 400."""
         try:
             return self._template.render(messages=messages)
-        except jinja2.TemplateError as e:
-            raise BadRequest(400, f"the chat template failed on these messages ({e})", "messages") from None
+        except Exception as e:  # noqa: BLE001 - whatever an operator's template raises on these messages
+            raise BadRequest(400, f"the chat template failed on these messages ({type(e).__name__}: {e})",
+                             "messages") from None

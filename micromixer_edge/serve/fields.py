@@ -36,7 +36,8 @@ def _logit_bias(v) -> tuple | None:
         return None
     out = []
     for k, b in v.items():
-        if not (isinstance(k, str) and k.isdigit() and int(k) < 256 and _number(b) and -100 <= b <= 100):
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < 256 and _number(b)
+                and -100 <= b <= 100):
             return None
         out.append((int(k), float(b)))
     return tuple(sorted(out))
@@ -58,6 +59,9 @@ class Field:
 
 FIELDS = (
     Field("max_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
+          lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
+    # OpenAI's newer name (chat); after max_tokens in this table, so that it wins when both come
+    Field("max_completion_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
           lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
     Field("temperature", lambda v, s: _number(v) and 0 <= v <= MAX_TEMPERATURE,
           lambda s: f"a number from 0 to {MAX_TEMPERATURE:g}", "temperature"),
@@ -155,8 +159,6 @@ def parse_chat(body: bytes, settings: Settings, render) -> CompletionRequest:
     if not isinstance(messages, list) or not messages:
         raise BadRequest(400, "messages must be a non-empty list of {role, content}", "messages")
     plain = [_message(m) for m in messages]
-    if req.get("max_completion_tokens") is not None and req.get("max_tokens") is None:
-        req = {**req, "max_tokens": req["max_completion_tokens"]}
     return _request(req, [render(plain)], settings)
 
 
@@ -165,7 +167,7 @@ def _message(m) -> dict:
     if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
         raise BadRequest(400, "each message needs a role: one of " + ", ".join(CHAT_ROLES), "messages")
     content = m.get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
                                          and isinstance(p.get("text"), str) for p in content):
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
