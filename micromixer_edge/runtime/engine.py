@@ -110,17 +110,14 @@ class Row:
     error: str | None = None           # what failed, when finish_reason is "error"
     last: int | None = None            # the latest sampled token (folded in on the next step)
     unfolded: bool = False             # `last` is not in the state yet
-    event: float = 0                   # the position at which the context mode acts next
+    mode: ContextMode | None = None    # options.context's mode (looked up once)
+    event: float = 0                   # the position at which the mode re-folds (inf: never)
     pieces: list[str] = dataclasses.field(default_factory=list)
     id: int = 0
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
-
-    @property
-    def mode(self) -> ContextMode:
-        return context_mode(self.options.context)
 
     def take_text(self) -> str:
         """The text made since the last call ("" if none): what a caller streams out."""
@@ -179,15 +176,16 @@ class Engine:
 
     def new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
         """A row with nothing folded yet (prefill or restore it, then join)."""
+        mode = context_mode(options.context)
         return Row(options, Sampler(options.sampling, options.seed), TextStream(options.stop),
-                   stats if stats is not None else GenerationStats(), [], [], id=next(self._ids))
+                   stats if stats is not None else GenerationStats(), [], [], mode=mode,
+                   event=mode.boundary(self.W), id=next(self._ids))
 
     def join(self, row: Row) -> Row:
         """The row joins the live rows (or ends at once: max_new_tokens 0)."""
         if row.options.max_new_tokens == 0:
             row.finish_reason = "length"
             return row
-        self._set_event(row)
         self._detach()
         self.rows.append(row)
         return row
@@ -329,16 +327,7 @@ class Engine:
 
     def _boundaries(self) -> dict[int, int]:
         """Rows at their mode's boundary: {row index: tokens its re-fold keeps before the new one}."""
-        W, refold = self.W, {}
-        for i, row in enumerate(self.rows):
-            if row.position >= row.mode.boundary(W):
-                refold[i] = row.mode.keep(W)
-            self._set_event(row)
-        return refold
-
-    def _set_event(self, row: Row) -> None:
-        """The position at which the row's mode next acts: its boundary."""
-        row.event = row.mode.boundary(self.W)
+        return {i: row.mode.keep(self.W) for i, row in enumerate(self.rows) if row.position >= row.event}
 
     def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
         """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
@@ -376,8 +365,8 @@ class Engine:
         # a snapshot written with a halve shadow (shadow_sums): the row's own sums are complete
         version, mt, gauss = header["rng"]
         row.sampler.rng.setstate((version, tuple(mt), gauss))
-        if row.sampler.counted:  # (snapshots before 0.2 have no counts: none generated then)
-            row.sampler.counts = {int(t): int(c) for t, c in header.get("counts", [])}
+        for token, times in header.get("counts", []):  # (none in snapshots before 0.2)
+            row.sampler.accepted(int(token), int(times))
         if more:
             self.extend(row, list(more))
         return self.join(row)

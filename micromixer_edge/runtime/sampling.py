@@ -86,6 +86,7 @@ class Sampler:
         self.penalized = params.repetition_penalty != 1.0 and params.repeat_last_n > 0
         self.counted = bool(params.presence_penalty or params.frequency_penalty)
         self.counts: dict[int, int] = {}  # byte -> times generated (for presence and frequency)
+        self._penalty = np.zeros(vocab_size) if self.counted else None  # (V,) what those take off
         self.bias = (np.array([int(t) for t, _ in params.logit_bias], np.int64),
                      np.array([b for _, b in params.logit_bias], np.float64)) if params.logit_bias else None
         self.adjusts = self.penalized or self.counted or self.bias is not None
@@ -125,10 +126,12 @@ class Sampler:
         target = self.rng.random() * cdf[keep - 1]
         return ids[order[min(bisect.bisect_right(cdf, target, 0, keep), keep - 1)]]
 
-    def accepted(self, token: int) -> None:
-        """The row generated `token` (counted for the presence and frequency penalties)."""
+    def accepted(self, token: int, times: int = 1) -> None:
+        """The row generated `token` (`times` more times): counted for the presence and frequency
+        penalties."""
         if self.counted:
-            self.counts[token] = self.counts.get(token, 0) + 1
+            self.counts[token] = self.counts.get(token, 0) + times
+            self._penalty[token] = self.counts[token] * self.params.frequency_penalty + self.params.presence_penalty
 
     def adjust(self, logits: np.ndarray, recent) -> None:
         """A (V,) float64 row, in place, before temperature: CTRL's repetition penalty over the
@@ -140,9 +143,7 @@ class Sampler:
             vals = logits[seen]
             logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if self.counts:
-            ids = np.fromiter(self.counts, np.int64, len(self.counts))
-            times = np.fromiter(self.counts.values(), np.float64, len(self.counts))
-            logits[ids] -= times * p.frequency_penalty + p.presence_penalty
+            logits -= self._penalty  # (0 for a byte not generated: its logit keeps every bit)
         if self.bias is not None:
             logits[self.bias[0]] += self.bias[1]
 

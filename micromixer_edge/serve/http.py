@@ -19,10 +19,12 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .app import error_doc
+
 
 def _response(status: str, message: str) -> bytes:
-    kind = "invalid_request_error" if status.startswith("4") else "server_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+    """A whole HTTP answer with the app's JSON error body (written before any app runs)."""
+    body = json.dumps(error_doc(int(status.split()[0]), message)).encode()
     return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 

@@ -159,13 +159,14 @@ class DecodeLoop:
                 cancel, self._cancel = self._cancel, []
                 ready, self._ready = self._ready, []
                 admit = self._admitting = []  # (taken from the queue: a death must still answer them)
-                while self._waiting and self._counts()[0] + self._waiting[0].rows <= self.max_batch:
+                taken = self._counts()[0]
+                while self._waiting and taken + self._waiting[0].rows <= self.max_batch:
                     admit.append(self._waiting.popleft())
+                    taken += admit[-1].rows
             for job in cancel:
                 self._end(job, "cancelled" if self.accepting else "shutdown")
-            for job in admit:
+            for job in list(admit):
                 self._admit(job)
-            self._admitting = []
             for job, error in ready:
                 self._join(job, error)
             if self.engine.rows:
@@ -201,13 +202,15 @@ class DecodeLoop:
                 pass
 
     def _admit(self, job: Job) -> None:
-        """A row for the job; its prompt folds now, or on the prefill thread if it is long."""
-        if job.ended:
-            return
-        if job.cancelled:
-            return self._end(job, "cancelled")
+        """A row for the job; its prompt folds now, or on the prefill thread if it is long. It
+        leaves `_admitting` in the same locked moment as it joins `_jobs`: counted once."""
+        if job.ended or job.cancelled:
+            with self._wake:
+                self._admitting.remove(job)
+            return None if job.ended else self._end(job, "cancelled")
         job.row = self.engine.new_row(job.options)
         with self._wake:
+            self._admitting.remove(job)
             self._jobs[job.row.id] = job  # it holds a row from now on (and its forks one each)
             self._unforked += len(job.forks)
         if job.row.mode.bounded(self.engine.W) or len(job.prompt) < INLINE_PREFILL_TOKENS // 4:
