@@ -14,8 +14,12 @@ from .format import BOS_ID, EOS_ID
 
 
 def encode_prompt(prompt: str | bytes) -> list[int]:
-    """[bos] + utf8(prompt); a str that is not valid Unicode (a lone surrogate) is a MixerError."""
-    return [BOS_ID, *(utf8(prompt) if isinstance(prompt, str) else bytes(prompt))]
+    """[bos] + utf8(prompt); a str that is not valid Unicode (a lone surrogate) is a MixerError.
+    A prompt of token ids (bytes) that begins with bos has it already (as a client that asks
+    for tokens with special ones, or lm-eval's empty context, sends it): it is not added twice."""
+    if isinstance(prompt, str):
+        return [BOS_ID, *utf8(prompt)]
+    return list(prompt) if prompt[:1] == bytes((BOS_ID,)) else [BOS_ID, *prompt]
 
 
 def utf8(text: str, what: str = "the prompt") -> bytes:

@@ -41,3 +41,22 @@ def test_langchain_chat_openai_invoke_and_stream(server, bundled):
     assert reply.content == _greedy(bundled, "A story for children.\n\nTom had a big red")
     streamed = "".join(chunk.content for chunk in chat.stream("Once upon a time"))
     assert streamed == _greedy(bundled, "Once upon a time")
+
+
+def test_the_llm_cli_with_a_system_prompt(server, bundled, tmp_path):
+    """Simon Willison's `llm` with the server as an OpenAI-compatible chat model (its default
+    kind): the system prompt comes first, by the documented default template."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("llm")
+    (tmp_path / "extra-openai-models.yaml").write_text(
+        f'- model_id: mixer\n  model_name: {bundled["int8"].stem}\n  api_base: "{server.url}/v1"\n')
+    llm = Path(sys.executable).parent / "llm"
+    env = {"LLM_USER_PATH": str(tmp_path), "PATH": str(llm.parent), "HOME": str(tmp_path)}
+    for stream in ([], ["--no-stream"]):
+        out = subprocess.run([str(llm), "-m", "mixer", "--system", "Be brief.", "-o", "temperature", "0",
+                              "-o", "max_tokens", "30", *stream, "Once upon a time"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == _greedy(bundled, "Be brief.\n\nOnce upon a time") + "\n"

@@ -184,7 +184,9 @@ likely = {"prompt": unicode, "max_tokens": st.integers(0, 64), "temperature": st
           "stop": unicode | st.lists(unicode, max_size=5), "stream": st.booleans(),
           "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.none() | st.booleans()}),
           "ignore_eos": st.booleans(), "context": st.sampled_from(["halve", "window", "unbounded"]),
-          "n": st.just(1), "echo": st.just(False), "presence_penalty": st.just(0)}
+          "n": st.integers(1, 2), "echo": st.booleans(), "logprobs": st.integers(0, 5),
+          "presence_penalty": st.floats(-2, 2), "logit_bias": st.dictionaries(st.integers(0, 255).map(str),
+                                                                               st.floats(-100, 100), max_size=3)}
 valid_ish = st.fixed_dictionaries({"prompt": unicode}, optional={k: st.none() | v for k, v in likely.items()
                                                                  if k != "prompt"})
 
@@ -238,7 +240,7 @@ def test_null_means_absent(server, field):
         assert got.json()["choices"] == want.json()["choices"]
 
 
-@pytest.mark.parametrize("field, value", [("logprobs", 2), ("logprobs", 0), ("echo", True), ("best_of", 3),
+@pytest.mark.parametrize("field, value", [("logprobs", 6), ("logprobs", -1), ("echo", 1), ("best_of", 3),
                                           ("suffix", "The end."), ("logit_bias", {"300": 5}), ("logit_bias", {"a": 1}),
                                           ("logit_bias", {"50": 101}), ("presence_penalty", 2.5),
                                           ("frequency_penalty", -3)])

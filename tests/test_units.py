@@ -133,7 +133,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @settings(max_examples=300)
 @given(body=st.dictionaries(st.sampled_from(["prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p",
                                              "repeat_penalty", "seed", "stop", "stream", "n", "echo", "context",
-                                             "ignore_eos", "stream_options", "logit_bias"]), json_values))
+                                             "ignore_eos", "stream_options", "logit_bias", "logprobs"]),
+                            json_values))
 def test_a_request_parses_or_is_a_bad_request(body):
     """Whatever the fields hold: a request whose options are within the documented bounds, or a
     BadRequest naming its field; never another exception."""
@@ -147,6 +148,8 @@ def test_a_request_parses_or_is_a_bad_request(body):
     assert all(isinstance(p, (str, bytes)) for p in req.prompts) and 0 <= req.options.max_new_tokens <= 4096
     assert 0 <= p.temperature <= 2 and 0 < p.top_p <= 1 and 0 <= p.top_k <= 256 and 0 <= p.min_p <= 1
     assert MIN_PENALTY <= p.repetition_penalty <= 10 and req.options.context in CONTEXT_MODES
+    assert req.options.logprobs is None or 0 <= req.options.logprobs <= 5
+    assert req.options.prompt_logprobs == (req.echo and req.options.logprobs is not None)
 
 
 def test_null_is_absent_and_defaults_are_the_documented_ones():

@@ -19,10 +19,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ..errors import BadRequest, QueueFull, ShuttingDown
+from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+from ..runtime.logprobs import token_text
 from ..runtime.model import MixerModel
 from .auth import RequireKey, read_api_key
 from .chat import ChatTemplate
-from .fields import parse_chat, parse_completion
+from .fields import parse_chat, parse_completion, parse_detokenize, parse_tokenize
 from .loop import DecodeLoop
 from .metrics import Metrics
 from .settings import Settings
@@ -50,41 +52,59 @@ class Shape:
     chunk_object: str
     chat: bool
 
-    def whole(self, index: int, text: str, finish: str) -> dict:
+    def whole(self, index: int, text: str, finish: str, logprobs: dict | None = None) -> dict:
         body = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
-        return {"index": index, **body, "logprobs": None, "finish_reason": finish}
+        return {"index": index, **body, "logprobs": logprobs, "finish_reason": finish}
 
-    def piece(self, index: int, text: str, finish: str | None, first: bool) -> dict:
+    def piece(self, index: int, text: str, finish: str | None, first: bool, logprobs: dict | None = None) -> dict:
         if not self.chat:
-            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+            return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def logprobs(self, entries: list, k: int | None) -> dict | None:
+        """OpenAI's logprobs object of these entries (runtime/logprobs.py); None without logprobs.
+        Completions: parallel lists, top_logprobs the k most likely and the byte itself (up to
+        k + 1, as OpenAI documents); chat: one object per byte, exactly k alternatives."""
+        if k is None:
+            return None
+        if self.chat:
+            def one(t, lp):
+                return {"token": token_text(t), "logprob": lp, "bytes": [t]}
+            return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(*a) for a in e.top[:k]]}
+                                for e in entries], "refusal": None}
+        return {"tokens": [token_text(e.token) for e in entries],
+                "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [None if e.logprob is None else {token_text(t): lp for t, lp in e.top}
+                                 for e in entries],
+                "text_offset": [e.offset for e in entries]}
 
 
 TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
 CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
 
 
-async def _result(job) -> tuple[str, str, dict, str | None]:
-    """A job's whole text, finish reason, usage and error, once it is done."""
-    text = []
+async def _result(job) -> tuple[str, list, str, dict, str | None]:
+    """A job's whole text, logprob entries, finish reason, usage and error, once it is done."""
+    text, entries = [], []
     while True:
         item = await job.out.get()
-        if item[0] == "piece":
-            text.append(item[1])
-        else:
-            return ("".join(text), *item[1:])
+        if item[0] != "piece":
+            return ("".join(text), entries, *item[1:])
+        text.append(item[1])
+        entries += item[2]
 
 
 async def _pump(index: int, job, merged: asyncio.Queue) -> None:
     """Forward a job's items to a request's merged queue: all the text there is now as one piece."""
     while True:
-        item, text = await job.out.get(), []
+        item, text, entries = await job.out.get(), [], []
         while item is not None and item[0] == "piece":
             text.append(item[1])
+            entries += item[2]
             item = job.out.get_nowait() if not job.out.empty() else None
-        if text:
-            merged.put_nowait((index, ("piece", "".join(text))))
+        if text or entries:
+            merged.put_nowait((index, ("piece", "".join(text), entries)))
         if item is not None:
             merged.put_nowait((index, item))
             return
@@ -112,9 +132,9 @@ class Service:
         self.template = ChatTemplate.from_file(settings.chat_template)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
-              finish: str | None = None, usage=None, first: bool = False) -> str:
+              finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None) -> str:
         """One SSE event in OpenAI's chunk format; index None: the usage-only chunk (no choices)."""
-        choices = [] if index is None else [shape.piece(index, text, finish, first)]
+        choices = [] if index is None else [shape.piece(index, text, finish, first, logprobs)]
         doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
@@ -163,10 +183,10 @@ class Service:
             return error(503, "the server is shutting down" if self.loop.dead is None else "the server failed")
         cid, created = f"{shape.id_prefix}{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
-            return StreamingResponse(self._events(shape, jobs, cid, created, req.include_usage),
+            return StreamingResponse(self._events(shape, req, jobs, cid, created),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            return await self._whole(shape, request, jobs, cid, created)
+            return await self._whole(shape, req, request, jobs, cid, created)
         finally:
             self._cancel_open(jobs)
 
@@ -175,7 +195,7 @@ class Service:
             if not job.ended:
                 self.loop.cancel(job)
 
-    async def _whole(self, shape: "Shape", request: Request, jobs, cid: str, created: int) -> Response:
+    async def _whole(self, shape: "Shape", req, request: Request, jobs, cid: str, created: int) -> Response:
         """A non-streaming answer, every choice whole; a client that goes away meanwhile frees its
         rows at once."""
         gone = asyncio.ensure_future(_disconnected(request))
@@ -185,32 +205,36 @@ class Service:
                 await asyncio.wait([gone, *results], return_when=asyncio.FIRST_COMPLETED)
                 if gone.done():
                     return Response(status_code=499)  # nobody reads it: the caller cancels the rows
-            choices = []
-            for index, (text, reason, usage, err) in enumerate(r.result() for r in results):
+            choices, k = [], req.options.logprobs
+            for index, (text, entries, reason, usage, err) in enumerate(r.result() for r in results):
                 if reason in CUT:
                     status, code, message = CUT[reason]
                     return error(status, message.format(err), code=code)
-                choices.append(shape.whole(index, text, FINISH[reason]))
+                choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[reason],
+                                           shape.logprobs(entries, k)))
             return JSONResponse({"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
-                                 "choices": choices, "usage": _total([r.result()[2] for r in results])})
+                                 "choices": choices, "usage": _total([r.result()[3] for r in results])})
         finally:
             gone.cancel()
             for r in results:
                 r.cancel()
 
-    async def _events(self, shape: "Shape", jobs, cid: str, created: int, include_usage: bool):
-        """Server-sent events: chunks of each choice's text as it comes (index = the choice), a
-        chunk with each choice's finish_reason, the usage chunk if asked, then [DONE]. A choice cut
-        short (an error, shutdown) ends the stream with an error event instead. When the client
-        goes away, Starlette cancels this generator and the rows leave the step."""
+    async def _events(self, shape: "Shape", req, jobs, cid: str, created: int):
+        """Server-sent events: chunks of each choice's text as it comes (index = the choice; with
+        echo, its first chunk begins with the prompt), a chunk with each choice's finish_reason,
+        the usage chunk if asked, then [DONE]. A choice cut short (an error, shutdown) ends the
+        stream with an error event instead. When the client goes away, Starlette cancels this
+        generator and the rows leave the step."""
         merged: asyncio.Queue = asyncio.Queue()
         pumps = [asyncio.ensure_future(_pump(i, job, merged)) for i, job in enumerate(jobs)]
         first, usages = [True] * len(jobs), []
         try:
             while len(usages) < len(jobs):
                 index, item = await merged.get()
+                echo = req.prompt_text(index) if first[index] else ""
                 if item[0] == "piece":
-                    yield self.chunk(shape, cid, created, index, item[1], first=first[index])
+                    yield self.chunk(shape, cid, created, index, echo + item[1], first=first[index],
+                                     logprobs=shape.logprobs(item[2], req.options.logprobs))
                     first[index] = False
                     continue
                 _, reason, usage, err = item
@@ -219,9 +243,9 @@ class Service:
                     yield f"data: {json.dumps(error_doc(status, message.format(err), code=code))}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                yield self.chunk(shape, cid, created, index, "", FINISH[reason], first=first[index])
+                yield self.chunk(shape, cid, created, index, echo, FINISH[reason], first=first[index])
                 usages.append(usage)
-            if include_usage:
+            if req.include_usage:
                 yield self.chunk(shape, cid, created, None, usage=_total(usages))
             yield "data: [DONE]\n\n"
         finally:
@@ -242,6 +266,29 @@ class Service:
             return error(404, f"no model {request.path_params['model']!r}; this server has {self.name!r}",
                          "model", code="model_not_found")
         return JSONResponse(self.model_card())
+
+    # --- the tokenizer, as vLLM's server gives it (lm-eval's remote tokenizer reads these) -------
+    async def tokenizer_info(self, request: Request) -> Response:
+        """Bytes are the tokens: ids 0-255, three of them special (docs/server.md)."""
+        return JSONResponse({"tokenizer_class": "ByteTokenizer", "vocab_size": VOCAB_SIZE,
+                             "model_max_length": self.model.max_seq_len, "add_bos_token": True,
+                             "pad_token": chr(PAD_ID), "bos_token": chr(BOS_ID), "eos_token": chr(EOS_ID),
+                             "chat_template": self.template.source})
+
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            data = parse_tokenize(await self.body(request), self.settings, self.template)
+        except BadRequest as e:
+            return error(e.status, str(e), e.param)
+        return JSONResponse({"count": len(data), "max_model_len": self.model.max_seq_len, "tokens": list(data),
+                             "token_strs": [token_text(b) for b in data]})
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            data = parse_detokenize(await self.body(request))
+        except BadRequest as e:
+            return error(e.status, str(e), e.param)
+        return JSONResponse({"prompt": data.decode("utf-8", "replace")})
 
     async def health(self, request: Request) -> Response:
         """200 while serving; 503 while stopping, or when the decode loop has died (the process
@@ -282,6 +329,9 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
               Route("/v1/chat/completions", server.chat, methods=["POST"]),
               Route("/v1/models", server.models, methods=["GET"]),
               Route("/v1/models/{model:path}", server.one_model, methods=["GET"]),
+              Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),
+              Route("/tokenize", server.tokenize, methods=["POST"]),
+              Route("/detokenize", server.detokenize, methods=["POST"]),
               Route("/health", server.health, methods=["GET"]),
               Route("/metrics", server.metrics_text, methods=["GET"]),
               Route("/", server.playground, methods=["GET"])]

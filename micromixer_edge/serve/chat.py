@@ -25,7 +25,7 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except jinja2.TemplateError as e:
             raise MixerError(f"{name}: not a Jinja template ({e})") from None
-        self.name = name
+        self.name, self.source = name, source
 
     @classmethod
     def from_file(cls, path: str | None) -> "ChatTemplate":

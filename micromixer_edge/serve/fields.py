@@ -19,6 +19,7 @@ from ..codec import utf8
 from ..format import VOCAB_SIZE
 from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
+from ..runtime.logprobs import MAX_LOGPROBS
 from ..runtime.sampling import MIN_PENALTY
 from .settings import DEFAULT_MAX_TOKENS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, Settings
 
@@ -55,6 +56,7 @@ class Field:
     valid: Callable[[Any, Settings], bool]     # type and bounds
     what: Callable[[Settings], str]            # "must be ..." in the 400 message
     option: str | None = None                  # the GenerateOptions.of keyword it sets
+    only: str | None = None                    # "text" (/v1/completions) or "chat"; None: both
 
 
 FIELDS = (
@@ -82,6 +84,13 @@ FIELDS = (
           "frequency_penalty"),
     Field("logit_bias", lambda v, s: _logit_bias(v) is not None,
           lambda s: 'an object of byte ids ("0" to "255") to numbers from -100 to 100', "logit_bias"),
+    # /v1/completions: logprobs is how many alternatives; chat: a boolean, and top_logprobs how many
+    Field("logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_LOGPROBS,
+          lambda s: f"an integer from 0 to {MAX_LOGPROBS}", "logprobs", only="text"),
+    Field("echo", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="text"),
+    Field("logprobs", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="chat"),
+    Field("top_logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_LOGPROBS,
+          lambda s: f"an integer from 0 to {MAX_LOGPROBS}", only="chat"),
     Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
     Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
@@ -93,7 +102,7 @@ FIELDS = (
 )
 
 # OpenAI's fields this server does not implement -> the value that means "off" (accepted)
-REFUSED = {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}
+REFUSED = {"best_of": 1, "suffix": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +112,14 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     n: int = 1                # choices per prompt
+    echo: bool = False        # each choice's text begins with its prompt
+
+    def prompt_text(self, index: int) -> str:
+        """What choice `index` echoes before its text ("" without echo)."""
+        prompt = self.prompts[index // self.n]
+        if not self.echo:
+            return ""
+        return prompt if isinstance(prompt, str) else prompt.decode("utf-8", "replace")
 
     def choices(self) -> list[tuple[str | bytes, list[GenerateOptions]]]:
         """(prompt, the options of its n choices) per prompt. Choice i of the request (prompt p,
@@ -126,7 +143,7 @@ def _neutral(value, off) -> bool:
 def parse_completion(body: bytes, settings: Settings) -> CompletionRequest:
     """A /v1/completions body -> the request; BadRequest (400 or 413) for anything else."""
     req = _json_object(body)
-    return _request(req, _prompts(req.get("prompt")), settings)
+    return _request(req, _prompts(req.get("prompt")), settings, "text")
 
 
 def _prompts(prompt) -> list[str | bytes]:
@@ -159,7 +176,7 @@ def parse_chat(body: bytes, settings: Settings, render) -> CompletionRequest:
     if not isinstance(messages, list) or not messages:
         raise BadRequest(400, "messages must be a non-empty list of {role, content}", "messages")
     plain = [_message(m) for m in messages]
-    return _request(req, [render(plain)], settings)
+    return _request(req, [render(plain)], settings, "chat")
 
 
 def _message(m) -> dict:
@@ -176,6 +193,31 @@ def _message(m) -> dict:
     return {"role": m["role"], "content": content}
 
 
+def parse_tokenize(body: bytes, settings: Settings, render) -> bytes:
+    """A /tokenize body (vLLM's): {"prompt": text} or {"messages": [...]} (through the chat
+    template) -> its tokens, which are its UTF-8 bytes. `add_special_tokens` changes nothing:
+    every prompt gets bos when it is run, so the tokens never list it."""
+    req = _json_object(body)
+    if "messages" in req and req.get("prompt") is None:
+        prompt = parse_chat(body, settings, render).prompts[0]
+    elif isinstance(req.get("prompt"), str):
+        prompt = req["prompt"]
+    else:
+        raise BadRequest(400, "prompt must be a string (or give messages)", "prompt")
+    data = _text(prompt, "prompt")
+    if len(data) > settings.max_prompt_bytes:
+        raise BadRequest(413, f"the prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)", "prompt")
+    return data
+
+
+def parse_detokenize(body: bytes) -> bytes:
+    """A /detokenize body: {"tokens": [byte, ...]} -> those bytes."""
+    tokens = _json_object(body).get("tokens")
+    if not (isinstance(tokens, list) and all(_integer(t) and 0 <= t <= 255 for t in tokens)):
+        raise BadRequest(400, "tokens must be a list of token ids (0-255)", "tokens")
+    return bytes(tokens)
+
+
 def _json_object(body: bytes) -> dict:
     try:
         req = json.loads(body)
@@ -186,8 +228,9 @@ def _json_object(body: bytes) -> dict:
     return req
 
 
-def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> CompletionRequest:
-    """The fields every endpoint shares (FIELDS, REFUSED) around already built prompts."""
+def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint: str) -> CompletionRequest:
+    """The fields of FIELDS and REFUSED (those of the endpoint, "text" or "chat") around already
+    built prompts."""
     for prompt in prompts:
         size = len(prompt) if isinstance(prompt, bytes) else len(_text(prompt, "prompt"))
         if size > settings.max_prompt_bytes:
@@ -199,7 +242,7 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> Compl
     given = {}
     for field in FIELDS:
         value = req.get(field.name)
-        if value is None:
+        if value is None or field.only not in (None, endpoint):
             continue
         if not field.valid(value, settings):
             raise BadRequest(400, f"{field.name} must be {field.what(settings)}", field.name)
@@ -208,6 +251,10 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> Compl
     for s in [given["stop"]] if isinstance(given.get("stop"), str) else given.get("stop", []):
         _text(s, "stop")
     given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)  # OpenAI's, not GenerateOptions' own
+    echo = endpoint == "text" and req.get("echo") is True
+    if endpoint == "chat":
+        given["logprobs"] = _chat_logprobs(req)
+    given["prompt_logprobs"] = echo and given.get("logprobs") is not None
     try:
         options = GenerateOptions.of(**given)
     except MixerError as e:
@@ -217,7 +264,17 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings) -> Compl
     if n * len(prompts) > settings.max_batch:
         raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch "
                               f"({settings.max_batch})", "n")
-    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n)
+    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo)
+
+
+def _chat_logprobs(req: dict) -> int | None:
+    """Chat's pair: `logprobs: true`, then `top_logprobs` alternatives (0 if absent)."""
+    top = req.get("top_logprobs")
+    if req.get("logprobs") is not True:
+        if top is not None:
+            raise BadRequest(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        return None
+    return top or 0
 
 
 def _text(s: str, name: str) -> bytes:

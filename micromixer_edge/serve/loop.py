@@ -26,7 +26,7 @@ from .metrics import Metrics
 class Job:
     prompt: str
     options: GenerateOptions
-    out: asyncio.Queue          # ("piece", text) ... then ("done", finish_reason, usage dict, error or None)
+    out: asyncio.Queue          # ("piece", text, logprob entries) ... then ("done", finish_reason, usage, error or None)
     aio: asyncio.AbstractEventLoop
     row: Row | None = None
     cancelled: bool = False
@@ -260,11 +260,15 @@ class DecodeLoop:
             self._emit(fork, fork.row)
 
     def _emit(self, job: Job, row: Row) -> None:
-        text = row.take_text()
-        if text:
-            self._post(job, "piece", text)
+        self._post_text(job, row)
         if row.finish_reason:
             self._end(job, row.finish_reason)
+
+    def _post_text(self, job: Job, row: Row) -> None:
+        """The row's text and logprob entries not posted yet, if any."""
+        text, entries = row.take_text(), row.take_logprobs()
+        if text or entries:
+            self._post(job, "piece", text, entries)
 
     def _end(self, job: Job, reason: str, error: BaseException | None = None) -> None:
         if job.ended:
@@ -275,9 +279,7 @@ class DecodeLoop:
             self.engine.cancel(row)  # leaves between steps (a no-op for a finished row)
             with self._wake:
                 self._jobs.pop(row.id, None)
-            text = row.take_text()
-            if text:
-                self._post(job, "piece", text)
+            self._post_text(job, row)
         else:
             with self._wake:
                 if job in self._waiting:
