@@ -21,6 +21,19 @@ import numpy as np
 
 from ..errors import MixerError
 
+# Long sequences fold in graph calls that end at multiples of FOLD_CHUNK positions, so a state at
+# such a position has the same bits however it was reached: from position 0, or resumed from a
+# state cached there (runtime/prompt_cache.py). Calls cut elsewhere may round differently (one
+# call and token by token differ in the last bits: a kernel may take a block of rows another way
+# than one row). 512 also folds fastest: 20 KB in 404 ms, 447 in calls of 1,024 and 620 of
+# 4,096 (float 1m, x86 AVX-512; docs/performance.md).
+FOLD_CHUNK = 512
+
+
+def chunk_end(position: int, n: int) -> int:
+    """How many of the next n tokens one call folds into a state at `position`."""
+    return min(n, FOLD_CHUNK - position % FOLD_CHUNK)
+
 
 class ContextMode:
     name = ""
@@ -109,7 +122,7 @@ def sequence_logits(model, ids, mode: str = DEFAULT_CONTEXT_MODE) -> np.ndarray:
             logits, state = model.prefill(ids[None, i - K:i + n])
             out.append(logits[0, K:])
         else:
-            n = len(ids) - i if B == math.inf else min(len(ids) - i, int(B) - pos)
+            n = chunk_end(pos, len(ids) - i if B == math.inf else min(len(ids) - i, int(B) - pos))
             logits, state = model.run(ids[None, i:i + n], state)
             out.append(logits[0])
         i += n

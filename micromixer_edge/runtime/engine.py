@@ -24,8 +24,9 @@ from ..errors import MixerError
 from ..codec import encode_prompt, utf8
 from ..format import EOS_ID
 from . import snapshot
-from .context import DEFAULT_CONTEXT_MODE, MODES, ContextMode, context_mode, sequence_logits
+from .context import DEFAULT_CONTEXT_MODE, FOLD_CHUNK, MODES, ContextMode, chunk_end, context_mode, sequence_logits
 from .logprobs import MAX_LOGPROBS, Entry, Trail
+from .prompt_cache import PromptCache
 from .state import State
 from .sampling import Sampler, SamplingParams, sample_rows, seed_value
 from .textstream import TextStream
@@ -33,12 +34,10 @@ from .textstream import TextStream
 if TYPE_CHECKING:
     from .model import MixerModel
 
-FOLD_CHUNK = 4096  # unbounded prompts fold in calls of this many tokens
-
-
 @dataclasses.dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0    # of the prompt tokens, those resumed from the prompt cache
     new_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -80,24 +79,29 @@ class GenerateOptions:
 
 
 def fold(model: MixerModel, new: list[int], mode: str, state: State | None = None,
-         history: list[int] = ()) -> tuple[np.ndarray | None, State]:
+         history: list[int] = (), at_chunk=None) -> tuple[np.ndarray | None, State]:
     """Fold tokens into one row: the (last logits (V,), state) that feeding `new` token by token
     under `mode` would give, after `history` (the row's latest tokens) made `state`.
 
     A mode's re-folds make the state depend on a suffix of the tokens only (ContextMode.suffix),
-    so a long prompt costs O(W) in a bounded mode; unbounded folds everything, in calls of
-    FOLD_CHUNK tokens.
+    so a long prompt costs O(W) in a bounded mode; unbounded folds everything, in calls that end
+    at multiples of FOLD_CHUNK positions (context.py). Without a re-fold, at_chunk(position,
+    logits, state) sees the state at each such multiple (the prompt cache keeps them).
     """
     pos = int(state.position[0]) if state is not None else 0
     keep = context_mode(mode).suffix(pos, len(new), model.max_seq_len)
     if keep is not None:
-        new, state = (list(history) + list(new))[-keep:], None
+        new, state, at_chunk = (list(history) + list(new))[-keep:], None, None
         if len(new) < keep:
             raise MixerError(f"{mode} needs the last {keep} tokens of the row; it has {len(new)}")
     state = state if state is not None else model.new_state(1)
-    logits = None
-    for i in range(0, len(new), FOLD_CHUNK):
-        logits, state = model.run(np.asarray([new[i:i + FOLD_CHUNK]], np.int64), state)
+    logits, i = None, 0
+    while i < len(new):
+        n = chunk_end(int(state.position[0]), len(new) - i)
+        logits, state = model.run(np.asarray([new[i:i + n]], np.int64), state)
+        i += n
+        if at_chunk is not None and int(state.position[0]) % FOLD_CHUNK == 0:
+            at_chunk(int(state.position[0]), logits[0, -1], state)
     return (None if logits is None else logits[0, -1].copy()), state
 
 
@@ -141,16 +145,18 @@ class Row:
 
     @property
     def usage(self) -> dict:
-        """OpenAI's usage object: prompt tokens (bos and bytes), generated tokens, their sum."""
+        """OpenAI's usage object: prompt tokens (bos and bytes; those resumed from the prompt
+        cache in its details), generated tokens, their sum."""
         prompt, new = self.stats.prompt_tokens, self.stats.new_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
+        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new,
+                "prompt_tokens_details": {"cached_tokens": self.stats.cached_tokens}}
 
 
 class Engine:
     """Owns a model and its live rows; `step()` advances every live row by one byte in one call."""
 
-    def __init__(self, model: MixerModel):
-        self.model, self.W = model, model.max_seq_len
+    def __init__(self, model: MixerModel, cache: PromptCache | None = None):
+        self.model, self.W, self.cache = model, model.max_seq_len, cache
         for mode in MODES.values():
             mode.check(self.W)
         self.rows: list[Row] = []
@@ -167,32 +173,51 @@ class Engine:
         return self.join(row)
 
     def prefill(self, row: Row, prompt: str | bytes) -> None:
-        """Fold a new row's prompt ([bos] + utf8). It touches that row and the model alone, never
-        the live rows: a server may run it on another thread while steps go on (onnxruntime's
-        Run is thread-safe), then `join` the row. With prompt logprobs, the prompt is scored too
-        (a second pass, teacher-forced under the row's mode)."""
+        """Fold a new row's prompt ([bos] + utf8). It touches that row, the model and the prompt
+        cache alone, never the live rows: a server may run it on another thread while steps go
+        on (onnxruntime's Run is thread-safe), then `join` the row. With prompt logprobs, the
+        prompt is scored too (a second pass, teacher-forced under the row's mode)."""
         ids = encode_prompt(prompt)
         if row.options.prompt_logprobs:
             logits = sequence_logits(self.model, ids, row.options.context)  # (T, V): logits[j] predicts ids[j+1]
             start = len(ids) - len(utf8(prompt) if isinstance(prompt, str) else prompt)  # 1, or 0: bos was sent
             row.trail = Trail.of_prompt(row.options.logprobs, ids, logits, start)
-        self.extend(row, ids)
+        if self.cache is None:
+            return self.extend(row, ids)
+        keys, done = self.cache.keys(row.options.context, ids), 0
+        hit = self.cache.longest(keys)
+        if hit is not None:  # resume: the state, and what the row remembers of the tokens before it
+            row.sums, row.position, row.logits, done = hit.sums.copy(), hit.position, hit.logits.copy(), hit.tokens
+            self._remember_tokens(row, ids[:done], prompt=True)
+            row.stats.cached_tokens = done
 
-    def extend(self, row: Row, ids: list[int], prompt: bool = True) -> None:
+        def keep(position, logits, state):  # (no re-fold in this fold: position = prompt tokens)
+            if position in keys:
+                self.cache.put(keys[position], position, state.sums[:, 0], position, logits)
+        if done < len(ids):
+            self.extend(row, ids[done:], at_chunk=keep)
+            self.cache.put(keys[len(ids)], len(ids), row.sums, row.position, row.logits)
+
+    def extend(self, row: Row, ids: list[int], prompt: bool = True, at_chunk=None) -> None:
         """Fold more tokens into a row that is not stepping (a new one, or a resumed snapshot);
         prompt=False folds a generated token (already in the repetition window and the stats)."""
         t0, mode = time.perf_counter(), row.options.context
         state = None if row.sums is None else State(row.sums[:, None].copy(), np.array([row.position]))
-        logits, state = fold(self.model, ids, mode, state, row.history)
+        logits, state = fold(self.model, ids, mode, state, row.history, at_chunk)
         if logits is not None:
             row.logits = logits
         row.sums, row.position = state.sums[:, 0].copy(), int(state.position[0])
+        self._remember_tokens(row, ids, prompt)
+        if prompt:
+            row.stats.prefill_s += time.perf_counter() - t0
+
+    def _remember_tokens(self, row: Row, ids: list[int], prompt: bool) -> None:
+        """Tokens now in the row's state: its history (re-folds), repetition window, usage."""
         row.history = (row.history + list(ids))[-self.W:]
         if prompt and row.options.sampling.repeat_last_n:
             row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
         if prompt:
             row.stats.prompt_tokens += len(ids)
-            row.stats.prefill_s += time.perf_counter() - t0
 
     def new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
         """A row with nothing folded yet (prefill or restore it, then join)."""

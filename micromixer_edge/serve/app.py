@@ -21,7 +21,9 @@ from starlette.routing import Route
 from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ..runtime.logprobs import token_text
+from ..runtime.engine import Engine
 from ..runtime.model import MixerModel
+from ..runtime.prompt_cache import PromptCache
 from .auth import RequireKey, read_api_key
 from .chat import ChatTemplate
 from .fields import parse_chat, parse_completion, parse_detokenize, parse_tokenize
@@ -111,7 +113,9 @@ async def _pump(index: int, job, merged: asyncio.Queue) -> None:
 
 
 def _total(usages: list[dict]) -> dict:
-    return {k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    total = {k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+    return {**total, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def _disconnected(request: Request) -> None:
@@ -128,7 +132,10 @@ class Service:
         self.settings, self.metrics = settings, Metrics()
         self.model = MixerModel(settings.model, settings.threads)
         self.name = self.model.path.stem
-        self.loop = DecodeLoop(self.model, settings.max_batch, settings.max_queue, self.metrics, on_death)
+        cache = PromptCache(int(settings.prompt_cache_mb * 2**20), salt=self.model.sha256) \
+            if settings.prompt_cache_mb > 0 else None
+        self.loop = DecodeLoop(Engine(self.model, cache), settings.max_batch, settings.max_queue, self.metrics,
+                               on_death)
         self.template = ChatTemplate.from_file(settings.chat_template)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",

@@ -18,7 +18,6 @@ import traceback
 
 from ..errors import QueueFull, ShuttingDown
 from ..runtime.engine import Engine, GenerateOptions, Row
-from ..runtime.model import MixerModel
 from .metrics import Metrics
 
 
@@ -54,10 +53,11 @@ def _deliver(items) -> None:
 
 
 class DecodeLoop:
-    def __init__(self, model: MixerModel, max_batch: int, max_queue: int, metrics: Metrics, on_death=None):
-        self.engine, self.max_batch, self.max_queue, self.metrics = Engine(model), max_batch, max_queue, metrics
+    def __init__(self, engine: Engine, max_batch: int, max_queue: int, metrics: Metrics, on_death=None):
+        self.engine, self.max_batch, self.max_queue, self.metrics = engine, max_batch, max_queue, metrics
         self.on_death, self.dead = on_death, None  # dead: why the thread died (None while it runs)
         metrics.watch(self.counts)
+        metrics.watch_cache(engine.cache)
         self._waiting: collections.deque[Job] = collections.deque()
         self._jobs: dict[int, Job] = {}   # row id -> job, for live rows
         self._cancel: list[Job] = []
@@ -286,10 +286,11 @@ class DecodeLoop:
                     self._waiting.remove(job)
         reason = row.finish_reason if row is not None and row.finish_reason not in (None, "cancelled") else reason
         usage = _usage(row)
-        self.metrics.finished(reason, usage["completion_tokens"])
+        self.metrics.finished(reason, usage)
         err = row.error if row is not None else f"{type(error).__name__}: {error}" if error is not None else None
         self._post(job, "done", reason, usage, err)
 
 
 def _usage(row: Row | None) -> dict:
-    return row.usage if row is not None else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return row.usage if row is not None else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                                              "prompt_tokens_details": {"cached_tokens": 0}}

@@ -13,6 +13,9 @@ class Metrics:
         self.requests = Counter("mixer_requests", "Completion requests by outcome", ["outcome"],
                                 registry=self.registry)
         self.tokens = Counter("mixer_tokens_generated", "Bytes (tokens) generated", registry=self.registry)
+        self.cached = Counter("mixer_prompt_tokens_cached", "Prompt tokens resumed from the prompt cache",
+                              registry=self.registry)
+        self.cache_bytes = Gauge("mixer_prompt_cache_bytes", "Bytes the prompt cache holds", registry=self.registry)
         self.queue_depth = Gauge("mixer_queue_depth", "Requests waiting for a row", registry=self.registry)
         self.active_rows = Gauge("mixer_active_rows", "Rows in the shared decode step", registry=self.registry)
         self.step_seconds = Histogram("mixer_step_seconds", "One decode step for all live rows",
@@ -24,9 +27,13 @@ class Metrics:
         self.active_rows.set_function(lambda: counts()[0])
         self.queue_depth.set_function(lambda: counts()[1])
 
-    def finished(self, reason: str, tokens: int) -> None:
+    def watch_cache(self, cache) -> None:
+        self.cache_bytes.set_function(lambda: cache.nbytes if cache is not None else 0)
+
+    def finished(self, reason: str, usage: dict) -> None:
         self.requests.labels(outcome=reason).inc()
-        self.tokens.inc(tokens)
+        self.tokens.inc(usage["completion_tokens"])
+        self.cached.inc(usage["prompt_tokens_details"]["cached_tokens"])
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

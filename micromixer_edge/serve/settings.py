@@ -27,6 +27,8 @@ class Settings:
     max_batch: int = _opt(32, "Rows decoding together in one step.", 1)
     max_queue: int = _opt(128, "Requests waiting for a row; past it the server answers 429.", 1)
     max_prompt_bytes: int = _opt(65536, "Longer prompts get 413.", 1)
+    prompt_cache_mb: float = _opt(16.0, "Memory for states of recent prompts (a few KB each), which a prompt "
+                                        "sharing their start resumes from; 0 turns the cache off.", 0)
     max_tokens_limit: int = _opt(4096, "The largest max_tokens a request may ask for.", 1)
     timeout_seconds: float = _opt(5.0, "A request (headers and body) must arrive within this many seconds "
                                        "of its first byte, else 408 and the connection closes; also the "
