@@ -35,11 +35,20 @@ def test_the_scheme_table_of_docs_format_md_is_the_codes():
 
 
 def test_the_field_table_of_docs_server_md_is_the_servers():
-    """Every request field the server reads, and every field it refuses, is in docs/server.md."""
+    """Every request field the server reads or refuses is a row of docs/server.md's table, and
+    every row is one of them; a refused field's row says so."""
     from micromixer_edge.serve.fields import FIELDS, REFUSED
-    text = (ROOT / "docs" / "server.md").read_text()
-    documented = {name for row in _table(ROOT / "docs" / "server.md", "field")
-                  for name in re.findall(r"`([a-z_]+)", row[0])}
-    assert documented >= {f.name for f in FIELDS} | {"prompt"}
-    for name, off in REFUSED.items():
-        assert f"`{name}`" in text
+    rows = _table(ROOT / "docs" / "server.md", "field")
+    documented = {name: row[1] for row in rows for name in re.findall(r"`([a-z_]+)", row[0])}
+    assert set(documented) == {f.name for f in FIELDS} | set(REFUSED) | {"prompt", "messages"}
+    for name in REFUSED:
+        assert documented[name].startswith("refused (400)")
+    for name in {f.name for f in FIELDS}:
+        assert not documented[name].startswith("refused")
+
+
+def test_the_route_table_of_docs_server_md_is_the_apps():
+    pytest.importorskip("starlette")
+    from micromixer_edge.serve.app import ROUTES
+    documented = {tuple(re.search(r"`(\w+) ([^`]+)`", row[0]).groups()) for row in _table(ROOT / "docs" / "server.md", "route")}
+    assert documented == {(method, path.replace("{model:path}", "{id}")) for method, path, _ in ROUTES}

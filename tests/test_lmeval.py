@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.lmeval, pytest.mark.slow]
 
 CHOICES = [("Once upon a time, there was a little", [" girl", " xylophone"]),
            ("Lily wanted to play in the", [" park", " quantum", " sun"]),
-           ("Tom said, \"I am", [" happy!\"", " café"])]
+           ("Tom said, \"I am", [" happy!\"", " café"]),
+           ("", ["Once upon a time", "Zzzq xv"])]  # an empty context: lm-eval sends [bos] + continuation
 GENERATE = ["Once upon a time, there was a", "One day, Tim went to the"]
 TASKS = """task: tiny_{name}
 dataset_path: json

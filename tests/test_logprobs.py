@@ -152,3 +152,19 @@ def test_a_stop_string_cuts_the_entries_with_the_text(models):
     entries = row.take_logprobs()
     assert cut == text[:text.index(stop)] and bytes(e.token for e in entries) == cut.encode()
     assert entries == free.trail.entries[:len(entries)]
+
+
+@pytest.mark.fast
+def test_the_end_of_sequence_byte_is_at_the_texts_end():
+    """After an incomplete character (which the end turns into U+FFFD), eos's offset is the
+    length of the text, past that U+FFFD."""
+    logits = np.zeros(256, np.float32)
+    trail, text = Trail(0), TextStream()
+    pieces = []
+    for b in b"Hi\xe2":
+        trail.add(b, logits)
+        pieces.append(text.push(bytes((b,))))
+    trail.add(EOS_ID, logits)
+    pieces.append(text.finish())
+    entries = trail.take(text.emitted, final=True)
+    assert "".join(pieces) == "Hi\ufffd" and [e.offset for e in entries] == [0, 1, 2, 3]

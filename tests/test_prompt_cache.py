@@ -16,12 +16,26 @@ from micromixer_edge.runtime.prompt_cache import PromptCache
 @given(a=st.binary(max_size=3 * FOLD_CHUNK), b=st.binary(max_size=3 * FOLD_CHUNK))
 def test_keys_are_equal_exactly_where_the_prefixes_are(a, b):
     cache = PromptCache(1 << 20)
-    ka, kb = cache.keys("halve", list(a)), cache.keys("halve", list(b))
+    (ka, ea), (kb, eb) = cache.keys("halve", list(a)), cache.keys("halve", list(b))
     for n in set(ka) & set(kb):
         assert (ka[n] == kb[n]) == (a[:n] == b[:n])
-    assert set(ka) == {*range(FOLD_CHUNK, len(a) + 1, FOLD_CHUNK), len(a)} - {0}
-    assert cache.keys("unbounded", list(a)).keys() == ka.keys()
-    assert not set(cache.keys("unbounded", list(a)).values()) & set(ka.values())  # modes never share
+    assert set(ka) == set(range(FOLD_CHUNK, len(a) + 1, FOLD_CHUNK))
+    assert (ea == eb) == (a == b)
+    assert ea not in ka.values() and ea not in kb.values()  # an end is never a chunk, whatever its bytes
+    chunks, end = cache.keys("unbounded", list(a))
+    assert not (set(chunks.values()) | {end}) & (set(ka.values()) | {ea})  # modes never share
+
+
+@pytest.mark.fast
+def test_an_end_key_never_equals_a_chunk_key_of_the_same_bytes():
+    """A prompt's tail that spells another prompt's whole chunk (a tag written into the bytes
+    would be forgeable by a token-id prompt): the two keys differ."""
+    cache = PromptCache(1 << 20)
+    chunk = bytes(range(256)) * 2  # FOLD_CHUNK bytes
+    for tail in (chunk, chunk[:-4], chunk[:-4] + b"\xffend"):
+        chunks, _ = cache.keys("unbounded", list(b"x" * FOLD_CHUNK + chunk))
+        _, end = cache.keys("unbounded", list(b"x" * FOLD_CHUNK + tail))
+        assert end not in chunks.values()
 
 
 @pytest.mark.fast
@@ -31,22 +45,23 @@ def test_the_cache_keeps_within_its_bytes_and_drops_the_least_recent():
     cache = PromptCache(3 * one)
     for i in range(3):
         cache.put(bytes([i]), i + 1, sums, i + 1, logits)
-    assert cache.longest({1: bytes([0])}).tokens == 1  # 0 is now the most recent
+    assert cache.longest({1: bytes([0])}, b"none").tokens == 1  # 0 is now the most recent
     cache.put(bytes([3]), 4, sums, 4, logits)
     assert len(cache) == 3 and cache.nbytes <= 3 * one
-    assert cache.longest({2: bytes([1])}) is None  # 1 was the least recently used
-    assert cache.longest({1: bytes([0]), 3: bytes([2])}).tokens == 3  # the longest cached prefix
+    assert cache.longest({2: bytes([1])}, b"none") is None  # 1 was the least recently used
+    assert cache.longest({1: bytes([0]), 3: bytes([2])}, b"none").tokens == 3  # the longest cached prefix
+    assert cache.longest({1: bytes([0])}, bytes([3])).tokens == 4  # the prompt's own end first
     small = PromptCache(one - 1)
     small.put(b"x", 1, sums, 1, logits)
     assert len(small) == 0 and small.nbytes == 0  # one state is over its bound: it keeps none
-    assert cache.hits == 2 and cache.misses == 1
+    assert cache.hits == 3 and cache.misses == 1
 
 
 # --- the engine with and without it --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def models(bundled):
     from micromixer_edge.runtime.model import MixerModel
-    return {kind: MixerModel(bundled[kind]) for kind in ("float", "int8")}
+    return {"float": MixerModel(bundled["float"]), "int8": MixerModel(bundled["int8"]), "wide": Wide(bundled["int8"])}
 
 
 WORDS = ["Once", " upon", " a", " time", ",", " Lily", " saw", " a", " big", " dog", ".", "\n", " café", " 🐶"]
@@ -66,14 +81,25 @@ def _run(engine, prompt, mode, seed):
 
 def _expected_cached(ids: bytes, before: list[bytes], mode: str, W: int) -> int:
     """The documented reach: a prompt seen before, all of it; else the longest multiple of
-    FOLD_CHUNK within a prefix shared with an earlier prompt, if a state was kept there (a
-    bounded mode keeps one only at positions its re-folds have not reset: up to W)."""
+    FOLD_CHUNK within a prefix shared with an earlier prompt. A bounded mode re-folds a prompt
+    longer than W from a suffix of it: such a prompt keeps no states along it, and resumes from
+    none (only its exact repeat)."""
     if ids in before:
         return len(ids)
+    bounded = mode != "unbounded"
+    if bounded and len(ids) > W:
+        return 0
     shared = max((next((i for i, (x, y) in enumerate(zip(ids, b)) if x != y), min(len(ids), len(b)))
-                  for b in before), default=0)
-    aligned = [m for m in range(FOLD_CHUNK, shared + 1, FOLD_CHUNK) if mode == "unbounded" or m <= W]
-    return max(aligned, default=0)
+                  for b in before if not (bounded and len(b) > W)), default=0)
+    return shared // FOLD_CHUNK * FOLD_CHUNK
+
+
+class Wide:
+    """The bundled model read with W = 1,100: past 2 x FOLD_CHUNK, so that a bounded mode keeps
+    states along its prompts too (the graph takes any position; W is the runtime's)."""
+    def __new__(cls, path):
+        from micromixer_edge.runtime.model import MixerModel
+        return type("WideModel", (MixerModel,), {"max_seq_len": 1100})(path)
 
 
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
@@ -83,8 +109,8 @@ def test_the_cache_changes_no_bit_of_state_and_no_byte(models, mode):
     from as far as documented."""
     from micromixer_edge.runtime.engine import Engine
 
-    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(doc=docs, tails=st.lists(texts, min_size=1, max_size=3), kind=st.sampled_from(["float", "int8"]),
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(doc=docs, tails=st.lists(texts, min_size=1, max_size=3), kind=st.sampled_from(["float", "int8", "wide"]),
            seed=st.integers(0, 1000))
     def one(doc, tails, kind, seed):
         model = models[kind]
@@ -136,3 +162,18 @@ def test_the_server_reports_cached_tokens_and_gives_the_same_bytes_without_its_c
     assert [a[0][1] for a in answers.values()] == [0, (len(doc) + 1) // FOLD_CHUNK * FOLD_CHUNK, ids]
     assert all(a[1][1] == 0 for a in answers.values())  # --prompt-cache-mb 0: off
     assert all(a[0][0] == a[1][0] for a in answers.values())
+
+
+@pytest.mark.parametrize("mode", ["halve", "window"])
+def test_a_bounded_mode_resumes_only_prompts_it_folds_whole(models, mode):
+    """W = 1,100: a 1,000-byte document keeps states at 512 (and its end); the document plus 50
+    bytes resumes from 512; plus 300 bytes it is past W, re-folds from its own suffix, and
+    resumes from nothing. Each state as without the cache."""
+    from micromixer_edge.runtime.engine import Engine
+    doc = ("Lily had a little cat. " * 50)[:999]
+    cached, plain = Engine(models["wide"], PromptCache(8 << 20)), Engine(models["wide"])
+    for prompt, want in ((doc, 0), (doc + "x" * 50, FOLD_CHUNK), (doc + "y" * 300, 0), (doc + "y" * 300, 1300)):
+        (s1, p1, l1, h1), t1, row = _run(cached, prompt, mode, 3)
+        (s2, p2, l2, h2), t2, _ = _run(plain, prompt, mode, 3)
+        assert np.array_equal(s1, s2) and (p1, h1, t1) == (p2, h2, t2) and np.array_equal(l1, l2)
+        assert row.stats.cached_tokens == want

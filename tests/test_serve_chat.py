@@ -112,3 +112,37 @@ def test_what_outsiders_found(server, bundled, tmp_path):
         assert httpx.post(s.url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3}).status_code == 200
     finally:
         assert s.stop() == 0
+
+
+# Llama 2's chat template as Hugging Face ships it (tokenizer_config.json), as vLLM and llama.cpp take it
+LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+          "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+          "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+          "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+          "{% if loop.index0 == 0 and system_message != false %}"
+          "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+          "{% else %}{% set content = message['content'] %}{% endif %}"
+          "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+          "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+          "{% endfor %}")
+
+
+def test_a_hugging_face_chat_template(bundled, tmp_path):
+    """Written against HF's variables (bos_token, eos_token, raise_exception): the prompt is the
+    template's text with bos_token empty (the server adds bos) and eos_token the eos byte; its
+    raise_exception is the request's 400."""
+    (tmp_path / "llama2.jinja").write_text(LLAMA2)
+    s = Served(bundled["int8"], "--chat-template", str(tmp_path / "llama2.jinja"))
+    try:
+        messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell a story."},
+                    {"role": "assistant", "content": "Once upon a time."}, {"role": "user", "content": "More!"}]
+        want = "[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nTell a story. [/INST] Once upon a time. \x02[INST] More! [/INST]"
+        tokens = httpx.post(s.url + "/tokenize", json={"messages": messages}, timeout=30).json()["tokens"]
+        assert bytes(tokens).decode() == want
+        done = s.client.chat.completions.create(model="m", messages=messages, max_tokens=30, seed=4)
+        assert done.choices[0].message.content == _want(bundled, want, 30, 4)
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": messages[2:], "max_tokens": 3}, timeout=30)
+        assert r.status_code == 400 and "roles must alternate" in r.json()["error"]["message"]
+    finally:
+        assert s.stop() == 0

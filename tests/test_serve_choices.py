@@ -133,3 +133,20 @@ def test_penalty_counts_go_into_snapshots(bundled):
     again = Engine(model)
     again.restore(first_engine.snapshot(row), GenerateOptions.of(max_new_tokens=70, **opts))
     assert first + "".join(p for _, p in again.run()) == text and whole.stats.new_tokens == 140
+
+
+def test_more_prompts_than_rows_wait_for_rows_and_lm_eval_stops_are_taken(bundled):
+    """lm-eval sends --batch_size prompts in one request, and a task's stop strings plus its eos
+    string: 10 prompts on 4 rows, 5 stop strings; each choice is still its prompt's alone."""
+    s = Served(bundled["int8"], "--max-batch", "4", "--max-queue", "8")
+    try:
+        prompts = [f"Story {i}: Once upon a time" for i in range(10)]
+        stops = ["\n\n", ".", "!", "?", "\x02"]
+        done = s.client.completions.create(model="m", prompt=prompts, max_tokens=30, seed=3, stop=stops)
+        assert [c.index for c in done.choices] == list(range(10))
+        for i, (p, c) in enumerate(zip(prompts, done.choices)):
+            assert (c.text, c.finish_reason) == _alone(bundled, p, 30, 3 + i, stop=stops)
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": ["x"] * 13}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"  # over --max-batch + --max-queue
+    finally:
+        assert s.stop() == 0

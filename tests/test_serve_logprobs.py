@@ -89,17 +89,20 @@ def test_logprobs_streamed_are_the_whole_ones(server):
         assert len(c.logprobs.tokens) >= len(c.text.encode())
 
 
-def test_chat_logprobs_are_per_byte_with_top_logprobs(server):
+@pytest.mark.parametrize("top", [2, 12])
+def test_chat_logprobs_are_per_byte_with_top_logprobs(server, truth, top):
     done = server.client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "Once upon a time"}], max_tokens=25, seed=1,
-        logprobs=True, top_logprobs=2)
+        logprobs=True, top_logprobs=top, temperature=1.2)
     c = done.choices[0]
     content = c.logprobs.content
     made = b"".join(bytes(e.bytes) for e in content)
-    assert made.decode("utf-8", "replace").startswith(c.message.content) and len(made) >= len(c.message.content.encode())
-    for e in content:
-        assert e.token == token_text(e.bytes[0]) and len(e.top_logprobs) == 2
-        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob and e.logprob <= e.top_logprobs[0].logprob + 1e-9
+    assert made == c.message.content.encode()  # the content's bytes; never the end-of-sequence byte
+    want = truth([1, *b"Once upon a time", *made])[len(b"Once upon a time"):]
+    for t, e in enumerate(content):
+        assert e.token == token_text(e.bytes[0]) and len(e.top_logprobs) == top
+        assert e.logprob == pytest.approx(want[t, e.bytes[0]], abs=2e-4)
+        assert [a.logprob for a in e.top_logprobs] == pytest.approx(sorted(want[t], reverse=True)[:top], abs=2e-4)
     plain = server.client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "Once upon a time"}], max_tokens=25, seed=1)
     assert plain.choices[0].message.content == c.message.content and plain.choices[0].logprobs is None
@@ -157,13 +160,25 @@ def test_tokenize_messages_is_the_chat_prompt(server):
     assert bytes(r["tokens"]) == b"Be brief.\n\nHi"
 
 
-def test_a_token_prompt_that_begins_with_bos_gets_no_second_one(server):
+def test_a_token_prompt_that_begins_with_bos_gets_no_second_one(server, truth):
     """lm-eval sends [bos] + continuation for an empty context: bos once, the entries one per id."""
     ids = [1, *b"Once"]
     c = server.client.completions.create(model="m", prompt=ids, max_tokens=0, echo=True, logprobs=0).choices[0]
     plain = server.client.completions.create(model="m", prompt=list(b"Once"), max_tokens=0, echo=True,
                                              logprobs=0).choices[0]
     assert len(c.logprobs.tokens) == 5 and c.logprobs.token_logprobs[0] is None
-    assert c.logprobs.token_logprobs[1] < 0  # "O" after bos: scored, since bos was sent
+    want = truth([1, *b"Once"])
+    assert c.logprobs.token_logprobs[1] == pytest.approx(want[0, ord("O")], abs=2e-4)  # "O" after bos, which was sent
     assert c.logprobs.token_logprobs[2:] == pytest.approx(plain.logprobs.token_logprobs[1:], abs=1e-6)
     assert c.text == "\x01Once" and plain.text == "Once"
+
+
+def test_window_scoring_is_bounded_and_other_modes_are_not(server):
+    long = "Lily ran. " * 103  # 1,030 bytes
+    body = {"prompt": long, "max_tokens": 0, "echo": True, "logprobs": 0}
+    r = httpx.post(server.url + "/v1/completions", json={**body, "context": "window"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo" and "1024" in r.json()["error"]["message"]
+    ok = httpx.post(server.url + "/v1/completions", json={**body, "context": "halve"}, timeout=60).json()
+    assert len(ok["choices"][0]["logprobs"]["tokens"]) == len(long)
+    plain = httpx.post(server.url + "/v1/completions", json={**body, "context": "window", "logprobs": None}, timeout=60)
+    assert plain.json()["choices"][0]["text"] == long  # echo alone scores nothing: no limit

@@ -167,7 +167,8 @@ def test_health_is_503_while_the_loop_is_dead(bundled):
 # --- fuzz: whatever arrives, a 2xx or a JSON 4xx --------------------------------------------------
 FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
           "stream", "ignore_eos", "context", "n", "stream_options", "model", "logprobs", "echo", "logit_bias",
-          "presence_penalty", "frequency_penalty", "best_of", "suffix", "user"]
+          "presence_penalty", "frequency_penalty", "best_of", "suffix", "user", "tools", "response_format",
+          "top_logprobs", "max_completion_tokens"]
 unicode = st.text(st.characters(codec=None, categories=None), max_size=20)  # lone surrogates, NUL, anything
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.sampled_from([0, 1, 2, 16, 64, 65, -1])
            | st.floats(allow_nan=True, allow_infinity=True) | unicode
@@ -227,7 +228,8 @@ def test_fuzz_the_completions_api_then_it_answers_and_holds_no_rows(server):
 @pytest.mark.parametrize("field", ["max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
                                    "seed", "stop", "stream", "ignore_eos", "context", "n", "stream_options",
                                    "logprobs", "echo", "logit_bias", "presence_penalty", "frequency_penalty",
-                                   "best_of", "suffix", "user", "model"])
+                                   "best_of", "suffix", "user", "model", "tools", "functions",
+                                   "response_format", "top_logprobs"])
 def test_null_means_absent(server, field):
     base = {"prompt": "Once upon a time", "max_tokens": 12, "seed": 3, "ignore_eos": True}
     base = {k: v for k, v in base.items() if k != field} | ({"temperature": 0} if field == "seed" else {})
@@ -243,7 +245,8 @@ def test_null_means_absent(server, field):
 @pytest.mark.parametrize("field, value", [("logprobs", 6), ("logprobs", -1), ("echo", 1), ("best_of", 3),
                                           ("suffix", "The end."), ("logit_bias", {"300": 5}), ("logit_bias", {"a": 1}),
                                           ("logit_bias", {"50": 101}), ("presence_penalty", 2.5),
-                                          ("frequency_penalty", -3)])
+                                          ("frequency_penalty", -3), ("tools", [{"type": "function"}]),
+                                          ("functions", [{"name": "f"}]), ("response_format", {"type": "json_object"})])
 def test_fields_not_built_or_out_of_bounds_are_refused_by_name(server, field, value):
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", field: value})
     assert r.status_code == 400 and r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
@@ -503,12 +506,14 @@ def test_a_burst_within_rows_plus_queue_is_never_429(bundled):
 
 
 def test_long_prompts_fold_beside_the_streams_not_in_front_of_them(bundled):
-    """Four 64 KB unbounded prompts (1.5 s of folding each here) while a stream runs: the stream
-    never stops for a prompt's whole fold (they fold on the prefill thread), and each long prompt
-    gets the bytes it makes alone."""
+    """Two 64 KB unbounded prompts (1.5 s of folding each here), and two prompts scored whole for
+    echo with logprobs (16 KB in halve; 700 bytes in window, a call of W bytes per byte past W)
+    while a stream runs: the stream never stops for a prompt's whole fold (they fold on the
+    prefill thread), and each long prompt gets the bytes it makes alone."""
     s = Served(bundled["int8"], "--max-prompt-bytes", "70000")
     try:
-        big = ["Once upon a time, " * 3641 + str(i) for i in range(4)]  # 65,540 bytes each
+        big = ["Once upon a time, " * 3641 + str(i) for i in range(2)]  # 65,540 bytes each
+        scored = [("Lily ran. " * 1600, "halve"), ("Lily ran. " * 70, "window")]
         gaps, done = [], []
 
         def watch():
@@ -523,8 +528,12 @@ def test_long_prompts_fold_beside_the_streams_not_in_front_of_them(bundled):
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
             stream = pool.submit(watch)
             time.sleep(0.5)
+            echoes = [pool.submit(lambda p, mode: httpx.post(s.url + "/v1/completions", timeout=60, json={
+                "prompt": p, "max_tokens": 0, "echo": True, "logprobs": 1, "context": mode}).json(), *pm)
+                for pm in scored]
             answers = list(pool.map(lambda p: httpx.post(s.url + "/v1/completions", timeout=60, json={
                 "prompt": p, "max_tokens": 3, "seed": 1, "context": "unbounded"}).json(), big))
+            echoes = [e.result() for e in echoes]
             done.append(True)
             stream.result()
         assert max(gaps) < 1.0, f"the stream stopped for {max(gaps):.2f} s"
@@ -532,5 +541,7 @@ def test_long_prompts_fold_beside_the_streams_not_in_front_of_them(bundled):
         want = generate(model, big[0], GenerateOptions.of(max_new_tokens=3, seed=1, context="unbounded"))
         assert all("choices" in a for a in answers), answers
         assert answers[0]["choices"][0]["text"] == want
+        for (prompt, _), e in zip(scored, echoes):
+            assert e["choices"][0]["text"] == prompt and len(e["choices"][0]["logprobs"]["tokens"]) == len(prompt)
     finally:
         assert s.stop() == 0

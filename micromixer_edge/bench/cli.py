@@ -63,3 +63,7 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
 
 def main():
     sys.exit(run_cli(bench_command))
+
+
+if __name__ == "__main__":
+    main()

@@ -77,3 +77,7 @@ def train_command(train_path, valid_path, output, resume, stop_after, **kw):
 
 def train_main():
     sys.exit(run_cli(train_command))
+
+
+if __name__ == "__main__":
+    main()

@@ -36,3 +36,7 @@ def pack_command(model_path, output, no_deps, serve, target):
 
 def main():
     sys.exit(run_cli(pack_command))
+
+
+if __name__ == "__main__":
+    main()

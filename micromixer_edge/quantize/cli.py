@@ -81,3 +81,7 @@ def quantize_command(model_path, output, mode, target, per_channel, keep_float, 
 
 def main():
     sys.exit(run_cli(quantize_command))
+
+
+if __name__ == "__main__":
+    main()

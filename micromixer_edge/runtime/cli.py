@@ -214,3 +214,7 @@ def main():
 
 def eval_main():
     sys.exit(run_cli(eval_command))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,8 +25,8 @@ from ..errors import MixerError
 # such a position has the same bits however it was reached: from position 0, or resumed from a
 # state cached there (runtime/prompt_cache.py). Calls cut elsewhere may round differently (one
 # call and token by token differ in the last bits: a kernel may take a block of rows another way
-# than one row). 512 also folds fastest: 20 KB in 404 ms, 447 in calls of 1,024 and 620 of
-# 4,096 (float 1m, x86 AVX-512; docs/performance.md).
+# than one row). Calls of 256 or 512 fold fastest: 20 KB in 404 or 407 ms, 447 in calls of 1,024
+# and 620 of 4,096 (float 1m, x86 AVX-512; docs/performance.md); 512 keeps fewer cached states.
 FOLD_CHUNK = 512
 
 
@@ -110,8 +110,10 @@ def context_mode(name: str) -> ContextMode:
 
 def sequence_logits(model, ids, mode: str = DEFAULT_CONTEXT_MODE) -> np.ndarray:
     """(T,) token ids -> (T, V): the logits after each token, as feeding the ids one by one under
-    the mode gives them, in as few calls as the mode allows (one call, chunks or token by token
-    give the same bits). Teacher forcing: what scoring needs."""
+    the mode gives them (up to the last bits), in as few calls as the mode allows. Teacher
+    forcing: what scoring needs. Past the boundary each call re-folds a block from position 0:
+    window makes one block of W tokens per token (7.4 ms each for the int8 1m on x86; blocks
+    batched together measured slower: 32 in one call took 334 ms)."""
     m, W = context_mode(mode), model.max_seq_len
     B, K = m.boundary(W), m.keep(W)
     ids, out, state, i = np.asarray(ids, np.int64), [], model.new_state(1), 0
@@ -120,7 +122,7 @@ def sequence_logits(model, ids, mode: str = DEFAULT_CONTEXT_MODE) -> np.ndarray:
         if pos >= B:  # a re-fold: the last K tokens from position 0, and as many new ones as fit
             n = min(len(ids) - i, int(B) - K)
             logits, state = model.prefill(ids[None, i - K:i + n])
-            out.append(logits[0, K:])
+            out.append(logits[0, K:].copy())  # (a view would keep the whole block alive)
         else:
             n = chunk_end(pos, len(ids) - i if B == math.inf else min(len(ids) - i, int(B) - pos))
             logits, state = model.run(ids[None, i:i + n], state)

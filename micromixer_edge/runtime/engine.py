@@ -47,6 +47,14 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.decode_s if self.decode_s > 0 else float("nan")
 
+    @property
+    def usage(self) -> dict:
+        """OpenAI's usage object: prompt tokens (bos and bytes; those resumed from the prompt
+        cache in its details), generated tokens, their sum."""
+        prompt, new = self.prompt_tokens, self.new_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerateOptions:
@@ -85,8 +93,8 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
 
     A mode's re-folds make the state depend on a suffix of the tokens only (ContextMode.suffix),
     so a long prompt costs O(W) in a bounded mode; unbounded folds everything, in calls that end
-    at multiples of FOLD_CHUNK positions (context.py). Without a re-fold, at_chunk(position,
-    logits, state) sees the state at each such multiple (the prompt cache keeps them).
+    at multiples of FOLD_CHUNK positions (context.py). Without a re-fold, at_chunk(tokens folded,
+    logits, state) sees the state at each such position (the prompt cache keeps them).
     """
     pos = int(state.position[0]) if state is not None else 0
     keep = context_mode(mode).suffix(pos, len(new), model.max_seq_len)
@@ -101,7 +109,7 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
         logits, state = model.run(np.asarray([new[i:i + n]], np.int64), state)
         i += n
         if at_chunk is not None and int(state.position[0]) % FOLD_CHUNK == 0:
-            at_chunk(int(state.position[0]), logits[0, -1], state)
+            at_chunk(i, logits[0, -1], state)
     return (None if logits is None else logits[0, -1].copy()), state
 
 
@@ -145,11 +153,7 @@ class Row:
 
     @property
     def usage(self) -> dict:
-        """OpenAI's usage object: prompt tokens (bos and bytes; those resumed from the prompt
-        cache in its details), generated tokens, their sum."""
-        prompt, new = self.stats.prompt_tokens, self.stats.new_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new,
-                "prompt_tokens_details": {"cached_tokens": self.stats.cached_tokens}}
+        return self.stats.usage
 
 
 class Engine:
@@ -184,19 +188,22 @@ class Engine:
             row.trail = Trail.of_prompt(row.options.logprobs, ids, logits, start)
         if self.cache is None:
             return self.extend(row, ids)
-        keys, done = self.cache.keys(row.options.context, ids), 0
-        hit = self.cache.longest(keys)
+        (chunks, end), done = self.cache.keys(row.options.context, ids), 0
+        if row.mode.suffix(0, len(ids), self.W) is not None:
+            chunks = {}  # this prompt re-folds from a suffix of itself: a prefix's state is no use
+        hit = self.cache.longest(chunks, end)
         if hit is not None:  # resume: the state, and what the row remembers of the tokens before it
             row.sums, row.position, row.logits, done = hit.sums.copy(), hit.position, hit.logits.copy(), hit.tokens
             self._remember_tokens(row, ids[:done], prompt=True)
             row.stats.cached_tokens = done
 
-        def keep(position, logits, state):  # (no re-fold in this fold: position = prompt tokens)
-            if position in keys:
-                self.cache.put(keys[position], position, state.sums[:, 0], position, logits)
+        def keep(folded, logits, state):  # a chunk's state, if no re-fold ever reset it (position = tokens)
+            tokens = done + folded
+            if tokens in chunks and int(state.position[0]) == tokens:
+                self.cache.put(chunks[tokens], tokens, state.sums[:, 0], tokens, logits)
         if done < len(ids):
             self.extend(row, ids[done:], at_chunk=keep)
-            self.cache.put(keys[len(ids)], len(ids), row.sums, row.position, row.logits)
+            self.cache.put(end, len(ids), row.sums, row.position, row.logits)
 
     def extend(self, row: Row, ids: list[int], prompt: bool = True, at_chunk=None) -> None:
         """Fold more tokens into a row that is not stepping (a new one, or a resumed snapshot);

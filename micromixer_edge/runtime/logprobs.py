@@ -20,7 +20,7 @@ import numpy as np
 
 from ..format import EOS_ID
 
-MAX_LOGPROBS = 5  # top alternatives per byte (OpenAI's limit for completions)
+MAX_LOGPROBS = 20  # top alternatives per byte at most (OpenAI's limit, for chat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,8 @@ class _Offsets:
         return self.chars if self._decoder.getstate()[0] else self.chars - 1
 
     def close(self) -> int:
-        """The text's length, an incomplete character at the end counted as its U+FFFD."""
+        """The text's length, an incomplete character at the end counted as its U+FFFD (the
+        decoder is done: no byte may follow)."""
         self.chars += len(self._decoder.decode(b"", True))
         return self.chars
 
@@ -94,7 +95,7 @@ class Trail:
 
     def add(self, token: int, logits: np.ndarray) -> None:
         """The row drew `token` from these (V,) logits (eos too: it ends the row, no text)."""
-        at = self._offsets.chars if token == EOS_ID else self._offsets.next(token)
+        at = self._offsets.close() if token == EOS_ID else self._offsets.next(token)  # eos: the text's end
         self.entries.append(_entry(log_softmax(logits), token, self.k, self.base + at))
 
     def take(self, chars: int, final: bool = False, cut: bool = False) -> list[Entry]:

@@ -10,7 +10,8 @@ questions thus resumes from the last multiple of FOLD_CHUNK within the document 
 FOLD_CHUNK - 1 of its tokens again.
 
 Keys chain a hash over the prompt's chunks (key_k = blake2b(key_{k-1} + chunk_k), the first one
-seeded with the context mode and the model), so looking a prompt up costs one pass over it. The
+seeded with the context mode and the model; a prompt's end has a key of another kind, which no
+chunk key can equal), so looking a prompt up costs one pass over it. The
 cache is bounded in bytes and drops the least recently used state first; it is thread-safe (a
 server folds prompts on two threads).
 """
@@ -38,8 +39,8 @@ class Cached:
         return self.sums.nbytes + self.logits.nbytes + 200  # (the key, the entry, the dict slot)
 
 
-def _key(previous: bytes, chunk: bytes) -> bytes:
-    return hashlib.blake2b(previous + chunk, digest_size=16).digest()
+def _key(previous: bytes, data: bytes, kind: bytes = b"chunk") -> bytes:
+    return hashlib.blake2b(previous + data, digest_size=16, person=kind).digest()
 
 
 class PromptCache:
@@ -49,23 +50,23 @@ class PromptCache:
         self._lock, self.nbytes = threading.Lock(), 0
         self.hits = self.misses = self.hit_tokens = 0
 
-    def keys(self, mode: str, ids: list[int]) -> dict[int, bytes]:
-        """{tokens: key} for each multiple of FOLD_CHUNK within ids, and for all of ids."""
-        data, out = bytes(ids), {}
-        key = _key(self.salt, mode.encode())
+    def keys(self, mode: str, ids: list[int]) -> tuple[dict[int, bytes], bytes]:
+        """({tokens: key} for each multiple of FOLD_CHUNK within ids, the key of all of ids as a
+        prompt's end)."""
+        data, chunks = bytes(ids), {}
+        key = _key(self.salt, mode.encode(), b"root")
         for end in range(FOLD_CHUNK, len(data) + 1, FOLD_CHUNK):
-            key = out[end] = _key(key, data[end - FOLD_CHUNK:end])
-        if len(data) % FOLD_CHUNK:
-            out[len(data)] = _key(key, data[len(data) // FOLD_CHUNK * FOLD_CHUNK:] + b"\xffend")
-        return out
+            key = chunks[end] = _key(key, data[end - FOLD_CHUNK:end])
+        return chunks, _key(key, data[len(data) // FOLD_CHUNK * FOLD_CHUNK:], b"end")
 
-    def longest(self, keys: dict[int, bytes]) -> Cached | None:
-        """The state of the longest of these prefixes that is cached (it becomes the most recent)."""
+    def longest(self, chunks: dict[int, bytes], end: bytes) -> Cached | None:
+        """The state of this very prompt (its `end` key), else of its longest cached prefix among
+        `chunks`; it becomes the most recent."""
         with self._lock:
-            for tokens in sorted(keys, reverse=True):
-                hit = self._entries.get(keys[tokens])
+            for key in [end] + [chunks[n] for n in sorted(chunks, reverse=True)]:
+                hit = self._entries.get(key)
                 if hit is not None:
-                    self._entries.move_to_end(keys[tokens])
+                    self._entries.move_to_end(key)
                     self.hits, self.hit_tokens = self.hits + 1, self.hit_tokens + hit.tokens
                     return hit
             self.misses += 1

@@ -67,14 +67,15 @@ class Shape:
     def logprobs(self, entries: list, k: int | None) -> dict | None:
         """OpenAI's logprobs object of these entries (runtime/logprobs.py); None without logprobs.
         Completions: parallel lists, top_logprobs the k most likely and the byte itself (up to
-        k + 1, as OpenAI documents); chat: one object per byte, exactly k alternatives."""
+        k + 1, as OpenAI documents), the end-of-sequence byte listed as vLLM lists it; chat: one
+        object per byte of the content, exactly k alternatives."""
         if k is None:
             return None
         if self.chat:
             def one(t, lp):
                 return {"token": token_text(t), "logprob": lp, "bytes": [t]}
             return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(*a) for a in e.top[:k]]}
-                                for e in entries], "refusal": None}
+                                for e in entries if e.token != EOS_ID], "refusal": None}
         return {"tokens": [token_text(e.token) for e in entries],
                 "token_logprobs": [e.logprob for e in entries],
                 "top_logprobs": [None if e.logprob is None else {token_text(t): lp for t, lp in e.top}
@@ -315,6 +316,19 @@ class Service:
         return HTMLResponse(page.replace("@MODEL@", self.name))
 
 
+# (method, path, Service method): docs/server.md's route table is checked against it
+ROUTES = (("POST", "/v1/completions", "completions"),
+          ("POST", "/v1/chat/completions", "chat"),
+          ("GET", "/v1/models", "models"),
+          ("GET", "/v1/models/{model:path}", "one_model"),
+          ("GET", "/tokenizer_info", "tokenizer_info"),
+          ("POST", "/tokenize", "tokenize"),
+          ("POST", "/detokenize", "detokenize"),
+          ("GET", "/health", "health"),
+          ("GET", "/metrics", "metrics_text"),
+          ("GET", "/", "playground"))
+
+
 def create_app(settings: Settings, on_death=None) -> Starlette:
     """The app; `on_death` is called (from the decode thread) if that thread dies."""
     server = Service(settings, on_death)
@@ -332,16 +346,7 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
     async def crash(request: Request, exc: Exception) -> Response:  # a bug: still JSON, still serving
         return error(500, f"internal error: {type(exc).__name__}")
 
-    routes = [Route("/v1/completions", server.completions, methods=["POST"]),
-              Route("/v1/chat/completions", server.chat, methods=["POST"]),
-              Route("/v1/models", server.models, methods=["GET"]),
-              Route("/v1/models/{model:path}", server.one_model, methods=["GET"]),
-              Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),
-              Route("/tokenize", server.tokenize, methods=["POST"]),
-              Route("/detokenize", server.detokenize, methods=["POST"]),
-              Route("/health", server.health, methods=["GET"]),
-              Route("/metrics", server.metrics_text, methods=["GET"]),
-              Route("/", server.playground, methods=["GET"])]
+    routes = [Route(path, getattr(server, name), methods=[method]) for method, path, name in ROUTES]
     key = read_api_key(settings.api_key, settings.api_key_file)
     middleware = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                              allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)

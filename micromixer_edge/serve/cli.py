@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 
 import click
 
@@ -22,6 +23,7 @@ from .settings import Settings
 # whole 5 ms; at 0.5 ms the loop's writes get in between steps (scripts/serve_bench.py: three of
 # four A/B pairs favour it at 32 clients, docs/performance.md).
 SWITCH_SECONDS = 0.0005
+DEATH_GRACE_SECONDS = 1.0  # a dead decode loop: 503s (and /health's reason) this long, then exit 1
 
 
 def _flag(f: dataclasses.Field):
@@ -54,8 +56,8 @@ def run(settings: Settings) -> None:
     died = []
 
     def on_death():  # from the decode thread: uvicorn's main loop polls should_exit
-        died.append(True)
-        server.should_exit = True
+        died.append(True)  # (it answers 503 for DEATH_GRACE_SECONDS first: /health says why)
+        threading.Timer(DEATH_GRACE_SECONDS, setattr, (server, "should_exit", True)).start()
     app = create_app(settings, on_death)  # loads the model: a bad file fails here, before binding
     server = UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",

@@ -19,9 +19,9 @@ from ..codec import utf8
 from ..format import VOCAB_SIZE
 from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
-from ..runtime.logprobs import MAX_LOGPROBS
 from ..runtime.sampling import MIN_PENALTY
-from .settings import DEFAULT_MAX_TOKENS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, Settings
+from .settings import (DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE,
+                       MAX_TOP_LOGPROBS, MAX_WINDOW_SCORED_BYTES, Settings)
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -89,8 +89,8 @@ FIELDS = (
           lambda s: f"an integer from 0 to {MAX_LOGPROBS}", "logprobs", only="text"),
     Field("echo", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="text"),
     Field("logprobs", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="chat"),
-    Field("top_logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_LOGPROBS,
-          lambda s: f"an integer from 0 to {MAX_LOGPROBS}", only="chat"),
+    Field("top_logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_TOP_LOGPROBS,
+          lambda s: f"an integer from 0 to {MAX_TOP_LOGPROBS}", only="chat"),
     Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
     Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
@@ -101,8 +101,9 @@ FIELDS = (
     Field("user", lambda v, s: isinstance(v, str), lambda s: "a string"),
 )
 
-# OpenAI's fields this server does not implement -> the value that means "off" (accepted)
-REFUSED = {"best_of": 1, "suffix": ""}
+# OpenAI's fields this server does not implement -> the value that means "off" (accepted): a
+# client that needs one gets a 400 that names it, never an answer that silently lacks it
+REFUSED = {"best_of": 1, "suffix": "", "tools": [], "functions": [], "response_format": {"type": "text"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,15 +256,20 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
     if endpoint == "chat":
         given["logprobs"] = _chat_logprobs(req)
     given["prompt_logprobs"] = echo and given.get("logprobs") is not None
+    if given["prompt_logprobs"] and given.get("context") == "window" and \
+            max(len(p) if isinstance(p, bytes) else len(utf8(p)) for p in prompts) > MAX_WINDOW_SCORED_BYTES:
+        raise BadRequest(400, f"echo with logprobs in window mode scores each prompt byte with a call of W "
+                              f"bytes: prompts of at most {MAX_WINDOW_SCORED_BYTES} bytes (halve and unbounded "
+                              f"have no such limit)", "echo")
     try:
         options = GenerateOptions.of(**given)
     except MixerError as e:
         raise BadRequest(400, str(e)) from None
     usage = (req.get("stream_options") or {}).get("include_usage") is True
-    n = req.get("n") or 1
-    if n * len(prompts) > settings.max_batch:
-        raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch "
-                              f"({settings.max_batch})", "n")
+    n, most = req.get("n") or 1, settings.max_batch + settings.max_queue
+    if n * len(prompts) > most:  # (the rows of one prompt must fit in a step: n is at most --max-batch)
+        raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch + --max-queue "
+                              f"({most})", "prompt" if n == 1 else "n")
     return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo)
 
 

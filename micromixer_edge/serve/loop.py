@@ -17,7 +17,7 @@ import time
 import traceback
 
 from ..errors import QueueFull, ShuttingDown
-from ..runtime.engine import Engine, GenerateOptions, Row
+from ..runtime.engine import Engine, GenerateOptions, GenerationStats, Row
 from .metrics import Metrics
 
 
@@ -213,7 +213,8 @@ class DecodeLoop:
             self._admitting.remove(job)
             self._jobs[job.row.id] = job  # it holds a row from now on (and its forks one each)
             self._unforked += len(job.forks)
-        if job.row.mode.bounded(self.engine.W) or len(job.prompt) < INLINE_PREFILL_TOKENS // 4:
+        short = job.row.mode.bounded(self.engine.W) or len(job.prompt) < INLINE_PREFILL_TOKENS // 4
+        if short and not job.options.prompt_logprobs:  # (scoring a prompt folds all of it: O(W) a byte in window)
             return self._join(job, self._prefill(job))  # (a character is at most 4 bytes)
         self._prefiller.submit(self._prefill_off_thread, job)
 
@@ -292,5 +293,4 @@ class DecodeLoop:
 
 
 def _usage(row: Row | None) -> dict:
-    return row.usage if row is not None else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-                                              "prompt_tokens_details": {"cached_tokens": 0}}
+    return (row.stats if row is not None else GenerationStats()).usage
