@@ -59,6 +59,16 @@ def bundled(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def server(bundled):
+    """mixer-serve on the bundled int8 with its default flags, one per test module (a module that
+    needs other flags defines its own `server`)."""
+    from serving import Served
+    s = Served(bundled["int8"])
+    yield s
+    assert s.stop() == 0
+
+
 def eos_biased(src: Path, dst: Path, bias: float = 60.0) -> Path:
     """A copy of a model file whose logits get +bias on eos: its top logit is always eos, so by the
     documented behaviour every row ends at once with finish_reason "stop" (unless it ignores eos,

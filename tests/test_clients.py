@@ -5,18 +5,10 @@ import pytest
 
 pytest.importorskip("starlette")
 langchain_openai = pytest.importorskip("langchain_openai")  # the test extra
-from serving import Served  # noqa: E402
 
 from micromixer_edge.runtime.engine import GenerateOptions  # noqa: E402
 from micromixer_edge.runtime.generate import generate  # noqa: E402
 from micromixer_edge.runtime.model import MixerModel  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(bundled):
-    s = Served(bundled["int8"])
-    yield s
-    assert s.stop() == 0
 
 
 def _greedy(bundled, prompt, n=30):

@@ -154,7 +154,7 @@ BAD = [  # (method, path, body, status, param)
     ("POST", "/v1/completions", {"prompt": "x", "ignore_eos": 1}, 400, "ignore_eos"),
     ("POST", "/v1/completions", {"prompt": "x", "context": "sliding"}, 400, "context"),
     ("POST", "/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
-    ("POST", "/v1/completions", {"prompt": ["a"] * 20, "n": 2}, 400, "n"),  # 40 rows > --max-batch 32
+    ("POST", "/v1/completions", {"prompt": ["a"] * 90, "n": 2}, 400, "n"),  # 180 rows > --max-batch + --max-queue (160)
     ("POST", "/v1/completions", {"prompt": "x" * 70000}, 413, "prompt"),
     ("GET", "/v1/nothing", None, 404, None),
     ("GET", "/etc/passwd", None, 404, None),

@@ -21,13 +21,6 @@ MESSAGES = [{"role": "system", "content": "A story for children."},
             {"role": "user", "content": "Once upon a time, a little dog"}]
 
 
-@pytest.fixture(scope="module")
-def server(bundled):
-    s = Served(bundled["int8"])
-    yield s
-    assert s.stop() == 0
-
-
 def _want(bundled, prompt, n, seed):
     return generate(MixerModel(bundled["int8"]), prompt, GenerateOptions.of(max_new_tokens=n, seed=seed))
 

@@ -15,13 +15,6 @@ from micromixer_edge.runtime.engine import Engine, GenerateOptions  # noqa: E402
 from micromixer_edge.runtime.model import MixerModel  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server(bundled):
-    s = Served(bundled["int8"])
-    yield s
-    assert s.stop() == 0
-
-
 def _alone(bundled, prompt, n, seed, **kw):
     engine = Engine(MixerModel(bundled["int8"]))
     row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, **kw))

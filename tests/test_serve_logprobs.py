@@ -11,16 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 httpx = pytest.importorskip("httpx")  # the test extra; the fast tier runs without it
 pytest.importorskip("openai")
 pytest.importorskip("starlette")
-from serving import Served  # noqa: E402
 
 from micromixer_edge.runtime.logprobs import token_text  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(bundled):
-    s = Served(bundled["int8"])
-    yield s
-    assert s.stop() == 0
 
 
 @pytest.fixture(scope="module")
