@@ -139,3 +139,32 @@ def test_a_hugging_face_chat_template(bundled, tmp_path):
         assert r.status_code == 400 and "roles must alternate" in r.json()["error"]["message"]
     finally:
         assert s.stop() == 0
+
+
+def test_templates_render_as_hugging_face_renders_them(server, tmp_path):
+    """A model's template as transformers' apply_chat_template renders it (trim_blocks,
+    lstrip_blocks, loop controls, {% generation %}, tools undefined-but-falsy, no trailing
+    newline of the file): Zephyr's from the transformers docs, and one in Qwen 2.5's style."""
+    from micromixer_edge.serve.chat import ChatTemplate
+    zephyr = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content']"
+              " + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] +"
+              " eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n"
+              "{% endif %}\n{% endfor %}\n")
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert ChatTemplate(zephyr)(turns) == "<|user|>\nhi\x02\n<|assistant|>\nyo\x02\n<|assistant|>\n"
+    qwen = ("{%- if tools %}{{ raise_exception('no tools') }}{%- endif %}\n{%- for m in messages %}\n"
+            "{%- if m.role == 'assistant' and not m.tool_calls %}{% generation %}{{ m.content }}{% endgeneration %}"
+            "{%- else %}<|{{ m.role }}|>{{ m.content }}{%- endif %}\n{%- if loop.index == 2 %}{% break %}{% endif %}\n"
+            "{%- endfor %}\n{%- if add_generation_prompt %}<|assistant|>{% endif %}\n")
+    assert ChatTemplate(qwen)(turns + turns) == "<|user|>hiyo<|assistant|>"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "Once"}],
+        "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200  # an assistant turn's null content (OpenAI's, after tool calls) is ""
+
+
+def test_a_chat_reply_without_max_tokens_runs_to_its_end(server, bundled):
+    done = server.client.chat.completions.create(model="m", messages=MESSAGES, seed=5)
+    c = done.choices[0]
+    assert c.finish_reason == "stop" and len(c.message.content.encode()) > 16  # not OpenAI's completions' 16
+    assert c.message.content == _want(bundled, "A story for children.\n\nOnce upon a time, a little dog", 4096, 5)

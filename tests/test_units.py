@@ -197,6 +197,6 @@ def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
     except BadRequest as e:
         assert e.status in (400, 413) and str(e)
         return
-    texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
-             for m in messages]
+    texts = [m["content"] if isinstance(m["content"], str) else "" if m["content"] is None  # (an assistant's null)
+             else "".join(p["text"] for p in m["content"]) for m in messages]
     assert req.prompts == ("\n\n".join(texts),)

@@ -4,22 +4,27 @@ in Jinja's sandbox: a template cannot reach Python objects it was not given.
 The default suits a base byte-level story model, which has no notion of turns: the messages'
 texts in order, a blank line between them, and the reply continues the last one. A system
 message is accepted and placed first like any other. `--chat-template FILE` replaces it; the
-template sees what Hugging Face's and vLLM's chat templates are written against: `messages` (a
-list of {role, content}, content as text), `add_generation_prompt` (true), `bos_token` (empty:
-the server puts bos before every prompt itself), `eos_token` (the end-of-story byte, "\x02") and
+template is rendered as Hugging Face's `apply_chat_template` (and so vLLM) renders one: Jinja's
+sandbox with trim_blocks, lstrip_blocks and loop controls, `{% generation %}` blocks kept as they
+are, and these variables: `messages` (a list of {role, content}, content as text), `tools` and
+`documents` (none), `add_generation_prompt` (true), `bos_token` (empty: the server puts bos before
+every prompt itself), `eos_token` (the end-of-story byte, "\x02"), `strftime_now(format)` and
 `raise_exception(message)` (the request's 400).
 """
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import BadRequest, MixerError
 from ..format import EOS_ID
 
-DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{% if not loop.last %}\n\n{% endif %}{% endfor %}"
+DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}{% endfor %}"
 
 
 class TemplateRefused(Exception):
@@ -30,12 +35,24 @@ def _raise(message):
     raise TemplateRefused(message)
 
 
-GLOBALS = {"add_generation_prompt": True, "bos_token": "", "eos_token": chr(EOS_ID), "raise_exception": _raise}
+class _Generation(Extension):
+    """HF's `{% generation %}...{% endgeneration %}` (it marks the assistant's text for training
+    masks): here its body, as it is."""
+    tags = {"generation"}
+
+    def parse(self, parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+GLOBALS = {"add_generation_prompt": True, "bos_token": "", "eos_token": chr(EOS_ID), "tools": None,
+           "documents": None, "raise_exception": _raise,
+           "strftime_now": lambda fmt: datetime.datetime.now().strftime(fmt)}
 
 
 class ChatTemplate:
     def __init__(self, source: str = DEFAULT_TEMPLATE, name: str = "the default chat template"):
-        env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
         try:
             self._template = env.from_string(source)
         except jinja2.TemplateError as e:

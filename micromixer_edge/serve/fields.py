@@ -185,6 +185,8 @@ def _message(m) -> dict:
     if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
         raise BadRequest(400, "each message needs a role: one of " + ", ".join(CHAT_ROLES), "messages")
     content = m.get("content")
+    if content is None and m["role"] == "assistant":  # (OpenAI's for an assistant turn that called tools)
+        content = ""
     if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
                                          and isinstance(p.get("text"), str) for p in content):
         content = "".join(p["text"] for p in content)
@@ -251,7 +253,8 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
             given[field.option] = _logit_bias(value) if field.name == "logit_bias" else value
     for s in [given["stop"]] if isinstance(given.get("stop"), str) else given.get("stop", []):
         _text(s, "stop")
-    given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS)  # OpenAI's, not GenerateOptions' own
+    # OpenAI's defaults, not GenerateOptions' own: 16 for completions; chat has no limit of its own
+    given.setdefault("max_new_tokens", DEFAULT_MAX_TOKENS if endpoint == "text" else settings.max_tokens_limit)
     echo = endpoint == "text" and req.get("echo") is True
     if endpoint == "chat":
         given["logprobs"] = _chat_logprobs(req)
