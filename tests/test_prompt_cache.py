@@ -28,14 +28,16 @@ def test_keys_are_equal_exactly_where_the_prefixes_are(a, b):
 
 @pytest.mark.fast
 def test_an_end_key_never_equals_a_chunk_key_of_the_same_bytes():
-    """A prompt's tail that spells another prompt's whole chunk (a tag written into the bytes
-    would be forgeable by a token-id prompt): the two keys differ."""
+    """A prompt whose tail, with any tag a key might append, spells another prompt's whole chunk:
+    a token-id prompt can hold any bytes, so the two keys must differ by kind, not by content."""
     cache = PromptCache(1 << 20)
-    chunk = bytes(range(256)) * 2  # FOLD_CHUNK bytes
-    for tail in (chunk, chunk[:-4], chunk[:-4] + b"\xffend"):
-        chunks, _ = cache.keys("unbounded", list(b"x" * FOLD_CHUNK + chunk))
-        _, end = cache.keys("unbounded", list(b"x" * FOLD_CHUNK + tail))
+    head, chunk = b"x" * FOLD_CHUNK, bytes(range(256)) * 2  # FOLD_CHUNK bytes
+    for tag in (b"", b"\xffend", b"\x00", b"end"):
+        tail = chunk[:FOLD_CHUNK - len(tag)]
+        chunks, _ = cache.keys("unbounded", list(head + tail + tag))
+        _, end = cache.keys("unbounded", list(head + tail))
         assert end not in chunks.values()
+    assert len(PromptCache(1).keys("halve", list(head + chunk))[0]) == 2
 
 
 @pytest.mark.fast

@@ -21,13 +21,6 @@ openai = pytest.importorskip("openai")
 from serving import Served  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server(bundled):
-    s = Served(bundled["int8"], "--max-batch", "32")
-    yield s
-    assert s.stop() == 0
-
-
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named", "Tom had a big red",
            "The sun was", "Mom said,", "In the park there was a tall tree"]
 

@@ -164,7 +164,15 @@ def test_templates_render_as_hugging_face_renders_them(server, tmp_path):
 
 
 def test_a_chat_reply_without_max_tokens_runs_to_its_end(server, bundled):
-    done = server.client.chat.completions.create(model="m", messages=MESSAGES, seed=5)
-    c = done.choices[0]
-    assert c.finish_reason == "stop" and len(c.message.content.encode()) > 16  # not OpenAI's completions' 16
+    """Not cut at OpenAI's completions default (16); it ends at end-of-story, and its logprobs,
+    whole or streamed, are the content's bytes: chat never lists the eos byte."""
+    kw = dict(model="m", messages=MESSAGES, seed=5, logprobs=True)
+    c = server.client.chat.completions.create(**kw).choices[0]
+    assert c.finish_reason == "stop" and len(c.message.content.encode()) > 16
     assert c.message.content == _want(bundled, "A story for children.\n\nOnce upon a time, a little dog", 4096, 5)
+    assert b"".join(bytes(e.bytes) for e in c.logprobs.content) == c.message.content.encode()
+    chunks = list(server.client.chat.completions.create(**kw, stream=True))
+    listed = [e for ch in chunks for choice in ch.choices if choice.logprobs for e in choice.logprobs.content]
+    assert b"".join(bytes(e.bytes) for e in listed) == c.message.content.encode()
+    assert all(ch.choices[0].delta.content or ch.choices[0].delta.role or ch.choices[0].finish_reason
+               for ch in chunks if ch.choices)  # no empty chunk (eos alone sends nothing)

@@ -151,10 +151,6 @@ class Row:
             return []
         return self.trail.take(self.text.emitted, self.done, self.text.stopped)
 
-    @property
-    def usage(self) -> dict:
-        return self.stats.usage
-
 
 class Engine:
     """Owns a model and its live rows; `step()` advances every live row by one byte in one call."""

@@ -83,10 +83,13 @@ class Trail:
         """The prompt's entries: ids[start:], the prompt as the client gave it (ids[0] is bos;
         start 0 when the client sent it). logits (len(ids), V): logits[j] predicts ids[j + 1].
         The first entry's logprob is None, as OpenAI gives it."""
-        logp, offsets, entries = log_softmax(logits), _Offsets(), []
+        offsets, entries, logp = _Offsets(), [], None
         for j in range(start, len(ids)):
+            if (j - 1) % 4096 == 0 or logp is None:  # log-softmax by blocks: 8 MB at a time, not T x 2 KB
+                base = max(j - 1, 0)
+                logp = log_softmax(logits[base:base + 4096])
             at = offsets.next(ids[j])
-            entries.append(_entry(logp[j - 1], ids[j], k, at) if j > start else Entry(ids[j], None, (), at))
+            entries.append(_entry(logp[j - 1 - base], ids[j], k, at) if j > start else Entry(ids[j], None, (), at))
         return cls(k, entries, offsets.close())
 
     def copy(self, k: int) -> "Trail":

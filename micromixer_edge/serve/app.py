@@ -241,8 +241,10 @@ class Service:
                 index, item = await merged.get()
                 echo = req.prompt_text(index) if first[index] else ""
                 if item[0] == "piece":
-                    yield self.chunk(shape, cid, created, index, echo + item[1], first=first[index],
-                                     logprobs=shape.logprobs(item[2], req.options.logprobs))
+                    logprobs = shape.logprobs(item[2], req.options.logprobs)
+                    if shape.chat and not item[1] and not (logprobs and logprobs["content"]):
+                        continue  # (chat's eos entry alone: nothing to send)
+                    yield self.chunk(shape, cid, created, index, echo + item[1], first=first[index], logprobs=logprobs)
                     first[index] = False
                     continue
                 _, reason, usage, err = item

@@ -14,6 +14,7 @@ every prompt itself), `eos_token` (the end-of-story byte, "\x02"), `strftime_now
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import jinja2
@@ -45,6 +46,11 @@ class _Generation(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """transformers' tojson: JSON as is (Jinja's own escapes HTML characters)."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 GLOBALS = {"add_generation_prompt": True, "bos_token": "", "eos_token": chr(EOS_ID), "tools": None,
            "documents": None, "raise_exception": _raise,
            "strftime_now": lambda fmt: datetime.datetime.now().strftime(fmt)}
@@ -53,6 +59,7 @@ GLOBALS = {"add_generation_prompt": True, "bos_token": "", "eos_token": chr(EOS_
 class ChatTemplate:
     def __init__(self, source: str = DEFAULT_TEMPLATE, name: str = "the default chat template"):
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
+        env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)
         except jinja2.TemplateError as e:

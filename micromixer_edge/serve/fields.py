@@ -20,8 +20,9 @@ from ..format import VOCAB_SIZE
 from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
 from ..runtime.sampling import MIN_PENALTY
-from .settings import (DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE,
-                       MAX_TOP_LOGPROBS, MAX_WINDOW_SCORED_BYTES, Settings)
+from ..runtime.logprobs import MAX_LOGPROBS
+from .settings import (DEFAULT_MAX_TOKENS, MAX_COMPLETION_LOGPROBS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS,
+                       MAX_TEMPERATURE, MAX_WINDOW_SCORED_BYTES, Settings)
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -85,12 +86,12 @@ FIELDS = (
     Field("logit_bias", lambda v, s: _logit_bias(v) is not None,
           lambda s: 'an object of byte ids ("0" to "255") to numbers from -100 to 100', "logit_bias"),
     # /v1/completions: logprobs is how many alternatives; chat: a boolean, and top_logprobs how many
-    Field("logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_LOGPROBS,
-          lambda s: f"an integer from 0 to {MAX_LOGPROBS}", "logprobs", only="text"),
+    Field("logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_COMPLETION_LOGPROBS,
+          lambda s: f"an integer from 0 to {MAX_COMPLETION_LOGPROBS}", "logprobs", only="text"),
     Field("echo", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="text"),
     Field("logprobs", lambda v, s: isinstance(v, bool), lambda s: "true or false", only="chat"),
-    Field("top_logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_TOP_LOGPROBS,
-          lambda s: f"an integer from 0 to {MAX_TOP_LOGPROBS}", only="chat"),
+    Field("top_logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_LOGPROBS,
+          lambda s: f"an integer from 0 to {MAX_LOGPROBS}", only="chat"),
     Field("context", lambda v, s: v in CONTEXT_MODES, lambda s: "one of " + ", ".join(CONTEXT_MODES), "context"),
     Field("stream", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
     Field("stream_options", lambda v, s: isinstance(v, dict) and isinstance(v.get("include_usage", False), (bool, type(None))),
@@ -260,10 +261,10 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
         given["logprobs"] = _chat_logprobs(req)
     given["prompt_logprobs"] = echo and given.get("logprobs") is not None
     if given["prompt_logprobs"] and given.get("context") == "window" and \
-            max(len(p) if isinstance(p, bytes) else len(utf8(p)) for p in prompts) > MAX_WINDOW_SCORED_BYTES:
+            sum(len(p) if isinstance(p, bytes) else len(utf8(p)) for p in prompts) > MAX_WINDOW_SCORED_BYTES:
         raise BadRequest(400, f"echo with logprobs in window mode scores each prompt byte with a call of W "
-                              f"bytes: prompts of at most {MAX_WINDOW_SCORED_BYTES} bytes (halve and unbounded "
-                              f"have no such limit)", "echo")
+                              f"bytes: at most {MAX_WINDOW_SCORED_BYTES} prompt bytes a request (halve and "
+                              f"unbounded have no such limit)", "echo")
     try:
         options = GenerateOptions.of(**given)
     except MixerError as e:

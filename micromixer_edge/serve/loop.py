@@ -213,9 +213,10 @@ class DecodeLoop:
             self._admitting.remove(job)
             self._jobs[job.row.id] = job  # it holds a row from now on (and its forks one each)
             self._unforked += len(job.forks)
+        # (a character is at most 4 bytes; scoring a prompt folds all of it, O(W) a byte in window)
         short = job.row.mode.bounded(self.engine.W) or len(job.prompt) < INLINE_PREFILL_TOKENS // 4
-        if short and not job.options.prompt_logprobs:  # (scoring a prompt folds all of it: O(W) a byte in window)
-            return self._join(job, self._prefill(job))  # (a character is at most 4 bytes)
+        if short and not job.options.prompt_logprobs:
+            return self._join(job, self._prefill(job))
         self._prefiller.submit(self._prefill_off_thread, job)
 
     def _prefill(self, job: Job) -> BaseException | None:
@@ -227,7 +228,10 @@ class DecodeLoop:
         return None
 
     def _prefill_off_thread(self, job: Job) -> None:
-        error = self._prefill(job)
+        """A client that left while its request waited here costs nothing more: its cancels are
+        queued already (set with `cancelled`, under the lock) and end it before this joins."""
+        gone = all(j.cancelled for j in (job, *job.forks))
+        error = None if gone else self._prefill(job)
         with self._wake:
             self._ready.append((job, error))
             self._wake.notify()

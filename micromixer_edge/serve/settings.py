@@ -12,10 +12,9 @@ DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
 MAX_TEMPERATURE = 2.0       # OpenAI's range is [0, 2]
 MAX_REPEAT_PENALTY = 10.0
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; lm-eval adds the eos string to a task's own
-MAX_LOGPROBS = 5            # OpenAI's limit for completions' logprobs
-MAX_TOP_LOGPROBS = 20       # ... and for chat's top_logprobs
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for completions' logprobs (chat's, 20, is runtime/logprobs.py's)
 # echo with logprobs scores every prompt byte; in window mode each byte past W is a call of W
-# bytes (~7 ms for the 1m model on x86, far more on a Pi): prompts of at most this many bytes
+# bytes (~7 ms for the 1m model on x86, far more on a Pi): at most this many prompt bytes a request
 MAX_WINDOW_SCORED_BYTES = 1024
 
 
