@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import MixerError
-from ..codec import encode_prompt, utf8
+from ..codec import encode_prompt
 from ..format import EOS_ID
 from . import snapshot
 from .context import DEFAULT_CONTEXT_MODE, FOLD_CHUNK, MODES, ContextMode, chunk_end, context_mode, sequence_logits
@@ -180,7 +180,7 @@ class Engine:
         ids = encode_prompt(prompt)
         if row.options.prompt_logprobs:
             logits = sequence_logits(self.model, ids, row.options.context)  # (T, V): logits[j] predicts ids[j+1]
-            start = len(ids) - len(utf8(prompt) if isinstance(prompt, str) else prompt)  # 1, or 0: bos was sent
+            start = 1 if isinstance(prompt, str) else len(ids) - len(prompt)  # 1, or 0: bos was sent
             row.trail = Trail.of_prompt(row.options.logprobs, ids, logits, start)
         if self.cache is None:
             return self.extend(row, ids)

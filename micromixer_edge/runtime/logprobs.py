@@ -83,13 +83,13 @@ class Trail:
         """The prompt's entries: ids[start:], the prompt as the client gave it (ids[0] is bos;
         start 0 when the client sent it). logits (len(ids), V): logits[j] predicts ids[j + 1].
         The first entry's logprob is None, as OpenAI gives it."""
-        offsets, entries, logp = _Offsets(), [], None
+        # log-softmax by blocks of rows (8 MB at a time, not T x 2 KB), taken in order
+        rows = (r for b in range(0, len(logits), 4096) for r in log_softmax(logits[b:b + 4096]))
+        offsets, entries = _Offsets(), []
         for j in range(start, len(ids)):
-            if (j - 1) % 4096 == 0 or logp is None:  # log-softmax by blocks: 8 MB at a time, not T x 2 KB
-                base = max(j - 1, 0)
-                logp = log_softmax(logits[base:base + 4096])
+            logp = next(rows) if j > 0 else None  # logits[j - 1]: what predicted ids[j]
             at = offsets.next(ids[j])
-            entries.append(_entry(logp[j - 1 - base], ids[j], k, at) if j > start else Entry(ids[j], None, (), at))
+            entries.append(_entry(logp, ids[j], k, at) if j > start else Entry(ids[j], None, (), at))
         return cls(k, entries, offsets.close())
 
     def copy(self, k: int) -> "Trail":

@@ -235,11 +235,7 @@ def _json_object(body: bytes) -> dict:
 def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint: str) -> CompletionRequest:
     """The fields of FIELDS and REFUSED (those of the endpoint, "text" or "chat") around already
     built prompts."""
-    for prompt in prompts:
-        size = len(prompt) if isinstance(prompt, bytes) else len(_text(prompt, "prompt"))
-        if size > settings.max_prompt_bytes:
-            raise BadRequest(413, f"a prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)",
-                             "prompt")
+    sizes = _prompt_sizes(prompts, settings)
     for name, off in REFUSED.items():
         if req.get(name) is not None and not _neutral(req[name], off):
             raise BadRequest(400, f"{name} is not supported by this server", name)
@@ -261,7 +257,7 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
         given["logprobs"] = _chat_logprobs(req)
     given["prompt_logprobs"] = echo and given.get("logprobs") is not None
     if given["prompt_logprobs"] and given.get("context") == "window" and \
-            sum(len(p) if isinstance(p, bytes) else len(utf8(p)) for p in prompts) > MAX_WINDOW_SCORED_BYTES:
+            sum(sizes) > MAX_WINDOW_SCORED_BYTES:
         raise BadRequest(400, f"echo with logprobs in window mode scores each prompt byte with a call of W "
                               f"bytes: at most {MAX_WINDOW_SCORED_BYTES} prompt bytes a request (halve and "
                               f"unbounded have no such limit)", "echo")
@@ -275,6 +271,17 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
         raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch + --max-queue "
                               f"({most})", "prompt" if n == 1 else "n")
     return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo)
+
+
+def _prompt_sizes(prompts: list[str | bytes], settings: Settings) -> list[int]:
+    """Each prompt's bytes; a 400 for a str that is not Unicode, a 413 past --max-prompt-bytes."""
+    sizes = []
+    for prompt in prompts:  # (in order: the first prompt at fault names the error)
+        sizes.append(len(prompt) if isinstance(prompt, bytes) else len(_text(prompt, "prompt")))
+        if sizes[-1] > settings.max_prompt_bytes:
+            raise BadRequest(413, f"a prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)",
+                             "prompt")
+    return sizes
 
 
 def _chat_logprobs(req: dict) -> int | None:
