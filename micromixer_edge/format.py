@@ -42,7 +42,11 @@ DEFAULT_QUANT_MODE = "int8"
 # MLAS's integer GEMM, which has a kernel for every board named here (a Pi 4's Cortex-A72: NEON
 # smull; a Pi 5's Cortex-A76: udot; docs/raspberry-pi.md). int8-block needs the int8 dot product:
 # on a Cortex-A72 it falls back to dequantizing every weight on every call.
-TARGETS = {"generic": "int8", "pi4": "int8", "pi5": "int8"}
+# pi32: 32-bit Raspberry Pi OS (armv7: Pi Zero 2 W, Pi 3, a Pi 4 on the 32-bit OS), where PyPI has
+# no onnxruntime wheel and the numpy backend runs the file: portable's weights become float at load
+# (float's speed, 1/3 of its size), while numpy has no fast integer GEMM for int8's arithmetic.
+TARGETS = {"generic": "int8", "pi4": "int8", "pi5": "int8", "pi32": "portable"}
+NUMPY_TARGETS = ("pi32",)  # targets without onnxruntime: no dependency wheels, apt's numpy and click
 NEEDS_DOT_PRODUCT = ("int8-block32",)
 
 # --- state snapshots (mixer-run --save-state / --load-state; docs/format.md) -----------------

@@ -8,11 +8,10 @@ is told that int8-block runs on a slow fallback there.
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from conftest import ROOT
+import emulated
 from micromixer_edge.pack import make_bundle
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.selftest import greedy_ids
@@ -27,22 +26,12 @@ KINDS = ("float", "portable", "int8", "int8-block")
 
 @pytest.fixture(scope="module")
 def sysroot():
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "arm-setup.sh")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"emulated aarch64 setup failed: {proc.stderr[-2000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    return emulated.setup("arm64")
 
 
 def _emulated(sysroot, cpu, cmd, cwd):
     """Run cmd as aarch64 with a Raspberry Pi's /proc/cpuinfo (onnxruntime probes it)."""
-    cpuinfo = os.path.join(os.path.dirname(sysroot), CPUS[cpu])
-    # PYTHON: the sysroot's interpreter by its full path; a bare "python3" would find the host's
-    # x86 one (the sysroot has python3.11 only), and everything would run natively.
-    env = {"PATH": os.path.join(sysroot, "usr", "bin") + ":/usr/bin:/bin", "QEMU_LD_PREFIX": sysroot,
-           "QEMU_CPU": cpu, "HOME": str(cwd), "PYTHON": os.path.join(sysroot, "usr", "bin", "python3.11")}
-    shell = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
-    return subprocess.run(["unshare", "-m", "sh", "-c", shell, cpuinfo, *cmd], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return emulated.run(sysroot, cpu, os.path.join(os.path.dirname(sysroot), CPUS[cpu]), cmd, cwd)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +122,8 @@ def test_the_server_runs_from_the_bundle_on_the_emulated_pi5(sysroot, bundle, bu
     from micromixer_edge.runtime.engine import GenerateOptions
     from micromixer_edge.runtime.generate import generate
     cpuinfo = os.path.join(os.path.dirname(sysroot), CPUS["cortex-a76"])
-    env = {"PATH": os.path.join(sysroot, "usr", "bin") + ":/usr/bin:/bin", "QEMU_LD_PREFIX": sysroot,
-           "QEMU_CPU": "cortex-a76", "HOME": str(bundle["dir"])}
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/cpuinfo && exec "$@"', cpuinfo,
-                             ".venv/bin/mixer-serve", str(bundle["portable"]), "--port", "0"],
-                            cwd=bundle["dir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = emulated.start(sysroot, "cortex-a76", cpuinfo, [".venv/bin/mixer-serve", str(bundle["portable"]),
+                                                          "--port", "0"], bundle["dir"])
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", line)

@@ -170,3 +170,42 @@ def test_numpy_backend_rows_are_batch_invariant(models, kind):
     together, _ = model.prefill(ids, state)
     for i in range(4):
         np.testing.assert_array_equal(together[i], model.prefill(ids[i:i + 1], state.rows([i]))[0][0])
+
+
+def test_a_file_the_backend_cannot_run_is_one_line(models, tmp_path):
+    """A node that fails when it runs (here a Reshape whose shape cannot hold the tensor) is a
+    one-line error naming the op, and mixer-run exits non-zero without a traceback."""
+    from micromixer_edge.runtime.cli import main  # noqa: F401 - the CLI is what the test drives
+    proto = onnx.load(str(models["none"]))
+    reshape = next(n for n in proto.graph.node if n.op_type == "Reshape")
+    bad = onnx.helper.make_tensor(reshape.input[1] + "/bad", onnx.TensorProto.INT64, [3], [7, 11, 13])
+    proto.graph.initializer.append(bad)
+    reshape.input[1] = bad.name
+    onnx.save(proto, tmp_path / "bad.onnx")
+    proc = subprocess.run([sys.executable, "-m", "micromixer_edge.runtime.cli", str(tmp_path / "bad.onnx"),
+                           "--backend", "numpy", "-p", "Hi", "-n", "3"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "numpy backend cannot run Reshape" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["none", "int8", "portable"])
+def test_indices_reach_numpy_as_its_own_index_type(models, monkeypatch, kind):
+    """np.take on a 32-bit numpy refuses int64 indices (it casts them 'safe'ly to its int32 intp):
+    every index the backend hands it must be np.intp. Played here as a 32-bit numpy would: intp
+    is int32, and np.take takes nothing else (the int64 the graph gives fails)."""
+    from micromixer_edge.runtime import numpy_backend as nb
+    real, seen = np.take, []
+
+    def take_32bit(a, indices, axis=None, **kw):
+        seen.append(np.asarray(indices).dtype)
+        assert np.asarray(indices).dtype == np.int32, "np.take got non-intp indices"
+        return real(a, indices, axis=axis, **kw)
+    monkeypatch.setattr(nb.np, "intp", np.int32)
+    monkeypatch.setattr(nb.np, "take", take_32bit)
+    model = MixerModel(models[kind], backend="numpy")
+    logits, _ = model.prefill(np.array([[1, *b"Once upon"]], np.int64))
+    monkeypatch.undo()
+    want, _ = MixerModel(models[kind], backend="numpy").prefill(np.array([[1, *b"Once upon"]], np.int64))
+    assert seen and np.array_equal(logits, want)  # (the embedding is a Gather)

@@ -58,3 +58,21 @@ def test_serve_bundle_has_the_server_deps_and_a_unit(export_file, tmp_path):
     unit = (tmp_path / "b" / "micromixer-serve.service").read_text()
     assert f'mixer-serve "@DIR@/{model.name}"' in unit and "WantedBy=multi-user.target" in unit
     assert "--service" in (tmp_path / "b" / "install.sh").read_text()
+
+
+def test_pi32_bundle_is_the_runtime_alone_over_apts_numpy(bundled, tmp_path):
+    """--target pi32 (32-bit Pi OS): the runtime's wheel and no other (numpy and click come from
+    apt), an install.sh that takes that route on a 32-bit userland, and a note when the model is
+    not the one that runs fastest on numpy; --serve is refused in one line."""
+    runner = CliRunner()
+    result = runner.invoke(pack_command, [str(bundled["portable"]), "-o", str(tmp_path / "p"), "--target", "pi32"])
+    assert result.exit_code == 0 and "note" not in result.stderr, result.output
+    assert [w.name.split("-")[0] for w in (tmp_path / "p" / "wheels").iterdir()] == ["micromixer_edge"]
+    assert "apt install python3-numpy python3-click" in (tmp_path / "p" / "requirements.txt").read_text()
+    install = (tmp_path / "p" / "install.sh").read_text()
+    assert "--system-site-packages" in install and "calcsize('P')" in install
+    noted = runner.invoke(pack_command, [str(bundled["int8"]), "-o", str(tmp_path / "q"), "--target", "pi32"])
+    assert noted.exit_code == 0 and "--target pi32" in noted.stderr and "slower" in noted.stderr
+    refused = runner.invoke(pack_command, [str(bundled["portable"]), "-o", str(tmp_path / "r"), "--target", "pi32",
+                                           "--serve"])
+    assert refused.exit_code != 0 and "32-bit" in str(refused.exception) and not (tmp_path / "r").exists()

@@ -1,12 +1,16 @@
-"""mixer-pack: everything a Raspberry Pi (64-bit OS) needs to run a model, offline once copied.
+"""mixer-pack: everything a Raspberry Pi needs to run a model, offline once copied.
 
 BUNDLE/
   MODEL.onnx            the model
   wheels/               the runtime as a wheel (+ the aarch64 wheels of its dependencies)
   requirements.txt      dependency versions pinned for aarch64 (never onnxruntime 1.21.0)
-  install.sh            makes .venv, installs from wheels/ (PyPI if a wheel is missing), self-tests
+  install.sh            makes .venv, installs from wheels/ (PyPI if a wheel is missing), self-tests;
+                        on 32-bit Pi OS (armv7): a venv over apt's numpy and click, no onnxruntime
   run.sh                mixer-run on the bundled model
   README.md             for the board
+
+A bundle for --target pi32 (32-bit Pi OS) carries no dependency wheels: the board's own numpy and
+click (apt) and the numpy backend run the model.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import MixerError, OutputError
+from ..format import NUMPY_TARGETS
 from ..runtime.model import MixerModel
 
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")
@@ -43,6 +48,10 @@ def project_root() -> Path:
     return root
 
 
+def _runtime_wheel(dest: Path) -> None:
+    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(project_root()))
+
+
 def _serve_requirements() -> list[str]:
     """The `serve` extra (pyproject.toml, as installed): the one list of mixer-serve's dependencies."""
     reqs = metadata.requires("micromixer-edge") or []
@@ -51,7 +60,7 @@ def _serve_requirements() -> list[str]:
 
 def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
     """Build our wheel; download aarch64 wheels of the dependencies. Returns pinned requirements."""
-    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(project_root()))
+    _runtime_wheel(dest)
     deps = RUNTIME_DEPS + (tuple(_serve_requirements()) if serve else ())
     if not with_deps:
         return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in deps]
@@ -68,11 +77,17 @@ def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
     return pins
 
 
-def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict, serve: bool = False) -> None:
+REQUIREMENTS_HEADER = {
+    "64-bit": "# aarch64 (Raspberry Pi OS 64-bit), Python 3.11; onnxruntime 1.21.0 crashes on the Pi\n",
+    "32-bit": "# armv7 (Raspberry Pi OS 32-bit): install.sh uses apt's python3-numpy and python3-click\n"
+              "# (sudo apt install python3-numpy python3-click python3-venv); PyPI has no onnxruntime\n"
+              "# wheel for armv7, so the numpy backend runs the model. Nothing to pip install.\n"}
+
+
+def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict, serve: bool = False,
+                   os_bits: str = "64-bit") -> None:
     templates = resources.files("micromixer_edge.pack") / "templates"
-    (root / "requirements.txt").write_text(
-        "# aarch64 (Raspberry Pi OS 64-bit), Python 3.11; onnxruntime 1.21.0 crashes on the Pi\n"
-        + "\n".join(pins) + "\n")
+    (root / "requirements.txt").write_text(REQUIREMENTS_HEADER[os_bits] + "".join(p + "\n" for p in pins))
     for name in ("install.sh", "run.sh", "README.md") + (("micromixer-serve.service",) if serve else ()):
         text = (templates / name).read_text().replace("@MODEL@", model_name)
         text = text.replace("@SIZE@", str(meta["size"])).replace("@QUANT@", str(meta["quantization"]))
@@ -87,9 +102,14 @@ def model_scheme(model_path: str | os.PathLike) -> str:
 
 
 def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_deps: bool = True,
-                serve: bool = False) -> Path:
-    """Write the bundle as a directory, or as a .tar.gz when `output` ends so; atomically."""
+                serve: bool = False, target: str = "generic") -> Path:
+    """Write the bundle as a directory, or as a .tar.gz when `output` ends so; atomically. A
+    target of NUMPY_TARGETS (32-bit Pi OS) gets the runtime's wheel alone."""
     model = MixerModel(model_path)  # refuses anything that is not a MicroMixer export
+    numpy_only = target in NUMPY_TARGETS
+    if numpy_only and serve:
+        raise MixerError(f"--serve is not offered for --target {target}: mixer-serve's dependencies "
+                         "(uvloop, httptools) have no 32-bit wheels on PyPI; use a 64-bit OS to serve")
     out = Path(output)
     if out.exists():
         raise OutputError(f"{out} exists; remove it or choose another --output")
@@ -101,8 +121,10 @@ def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_d
         root = Path(tmp) / name
         (root / "wheels").mkdir(parents=True)
         shutil.copy2(model_path, root / Path(model_path).name)
-        pins = _wheels(root / "wheels", with_deps, serve)
-        _write_scripts(root, Path(model_path).name, pins, model.meta, serve)
+        pins = [] if numpy_only else _wheels(root / "wheels", with_deps, serve)
+        if numpy_only:
+            _runtime_wheel(root / "wheels")
+        _write_scripts(root, Path(model_path).name, pins, model.meta, serve, "32-bit" if numpy_only else "64-bit")
         if tarball:
             with tarfile.open(Path(tmp) / "bundle.tar.gz", "w:gz") as tar:
                 tar.add(root, arcname=name)

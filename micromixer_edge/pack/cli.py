@@ -6,7 +6,7 @@ import sys
 import click
 
 from ..errors import run_cli
-from ..format import NEEDS_DOT_PRODUCT, TARGETS
+from ..format import NEEDS_DOT_PRODUCT, NUMPY_TARGETS, QUANT_NONE, QUANT_SCHEMES, TARGETS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,19 +18,26 @@ from ..format import NEEDS_DOT_PRODUCT, TARGETS
 @click.option("--serve", is_flag=True,
               help="Also bundle mixer-serve's dependencies and a systemd unit (./install.sh --service).")
 @click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
-              help="The board: pi4 warns about schemes that need the int8 dot product it lacks.")
+              help="The board: pi4 warns about schemes that need the int8 dot product it lacks; pi32 "
+                   "is 32-bit Raspberry Pi OS (Pi Zero 2 W, Pi 3, 32-bit Pi 4): no onnxruntime there, "
+                   "the bundle installs over apt's numpy and click.")
 def pack_command(model_path, output, no_deps, serve, target):
-    """Bundle a model with the runtime for a Raspberry Pi (64-bit OS): copy, install, self-test."""
+    """Bundle a model with the runtime for a Raspberry Pi: copy, install, self-test."""
     from .bundle import make_bundle, model_scheme
     scheme = model_scheme(model_path)
-    if target == "pi4" and scheme in NEEDS_DOT_PRODUCT:
+    fast_in_numpy = (QUANT_NONE, QUANT_SCHEMES[TARGETS[target]])
+    if target in NUMPY_TARGETS and scheme not in fast_in_numpy:
+        click.echo(f"note: on 32-bit Pi OS the numpy backend runs {scheme} about 3x slower than float "
+                   f"(numpy has no fast int8 GEMM); for this board quantize the float export with: "
+                   f"mixer-quantize FLOAT.onnx -o MODEL.onnx --target {target}", err=True)
+    elif target == "pi4" and scheme in NEEDS_DOT_PRODUCT:
         click.echo(f"warning: {scheme} runs on onnxruntime's slow fallback on a Pi 4 (no int8 dot "
                    "product); for this board quantize the float export with: mixer-quantize FLOAT.onnx "
                    "-o MODEL.onnx --target pi4", err=True)
     elif scheme in NEEDS_DOT_PRODUCT:
         click.echo(f"note: {scheme} needs the int8 dot product (Pi 5); for a Pi 4 pack a model made "
                    "with mixer-quantize --target pi4", err=True)
-    out = make_bundle(model_path, output, with_deps=not no_deps, serve=serve)
+    out = make_bundle(model_path, output, with_deps=not no_deps, serve=serve, target=target)
     click.echo(f"wrote {out}: copy it to the board, then run ./install.sh there")
 
 

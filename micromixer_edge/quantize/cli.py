@@ -35,7 +35,8 @@ def default_text() -> str | None:
                    "product. dynamic: standard ONNX, one activation scale per tensor (batch- and "
                    "chunk-dependent). [default: the --target's]")
 @click.option("--target", type=click.Choice(list(TARGETS)), default="generic", show_default=True,
-              help="The board the model is for (each picks int8: MLAS has an integer kernel for each).")
+              help="The board the model is for: generic, pi4 and pi5 pick int8 (MLAS has an integer "
+                   "kernel for each); pi32 (32-bit Pi OS, numpy backend) picks portable.")
 @click.option("--per-channel", is_flag=True, help="dynamic: one weight scale per output channel.")
 @click.option("--keep-float", multiple=True, type=click.Choice(MATMUL_GROUPS),
               help="MatMul groups to leave in float (repeatable).")

@@ -4,6 +4,10 @@ The file is read by a small protobuf reader; every node whose inputs are all con
 example the DequantizeLinear of an int8 weight, or a 4-bit block-quantized matrix) is computed once
 at load, so int8/int4 weights are dequantized then; the rest is interpreted op by op, in the
 graph's order (ONNX files are topologically sorted). Same `run(...)` interface as onnxruntime.
+
+Indices, shapes, axes and sizes go to numpy as `np.intp` (`_index`): ONNX gives them as int64, and
+on a 32-bit board (armv7) numpy's index type is int32, which np.take will not cast int64 to. A
+file the backend cannot run, at load or on its first call, is a one-line error, never a traceback.
 """
 from __future__ import annotations
 
@@ -13,10 +17,26 @@ import os
 import numpy as np
 
 
-from ..errors import MixerError
+from ..errors import FormatError, MixerError
 from .protobuf import DTYPES, read_model
 
 _SQRT1_2 = 1 / math.sqrt(2)
+
+
+def _index(v) -> np.ndarray:
+    """ONNX's int64 indices or sizes as numpy's own index type: int32 on a 32-bit platform (values
+    past its range are refused, not wrapped)."""
+    v = np.asarray(v)
+    if v.dtype == np.intp:
+        return v
+    if v.size and (v.max() > np.iinfo(np.intp).max or v.min() < np.iinfo(np.intp).min):
+        raise MixerError(f"an index of {int(v.max())} does not fit this platform's {np.dtype(np.intp)}")
+    return v.astype(np.intp)
+
+
+def _ints(v) -> tuple[int, ...]:
+    """A 1-D ONNX int64 tensor (shape, axes, split sizes) as Python ints."""
+    return tuple(int(d) for d in np.asarray(v).reshape(-1))
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -50,11 +70,12 @@ def _split(x, split=None, axis=0, num_outputs=None):
         n = num_outputs
         size = -(-x.shape[axis] // n)
         split = [size] * (n - 1) + [x.shape[axis] - size * (n - 1)]
-    return tuple(np.split(x, np.cumsum(split)[:-1], axis=axis))
+    ends = np.cumsum(_ints(split))[:-1]
+    return tuple(np.split(x, [int(e) for e in ends], axis=int(axis)))
 
 
 def _reshape(x, shape, allowzero=0):
-    shape = [x.shape[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
+    shape = [x.shape[i] if (d == 0 and not allowzero) else d for i, d in enumerate(_ints(shape))]
     return x.reshape(shape)
 
 
@@ -171,19 +192,19 @@ OPS = {
     "CumSum": _cumsum,
     "Split": _split,
     "Slice": _slice,
-    "Gather": lambda x, i, axis=0: np.take(x, i, axis=axis),
-    "Transpose": lambda x, perm=None: np.transpose(x, perm),
+    "Gather": lambda x, i, axis=0: np.take(x, _index(i), axis=int(axis)),
+    "Transpose": lambda x, perm=None: np.transpose(x, None if perm is None else _ints(perm)),
     "Shape": lambda x, start=0, end=None: np.array(x.shape[start:end], np.int64),
-    "Squeeze": lambda x, axes=None: np.squeeze(x, tuple(int(a) for a in axes) if axes is not None else None),
-    "Unsqueeze": lambda x, axes: np.expand_dims(x, tuple(int(a) for a in axes)),
+    "Squeeze": lambda x, axes=None: np.squeeze(x, _ints(axes) if axes is not None else None),
+    "Unsqueeze": lambda x, axes: np.expand_dims(x, _ints(axes)),
     "Range": lambda start, limit, delta: np.arange(start, limit, delta, dtype=np.asarray(start).dtype),
     "Reshape": _reshape,
     "Cast": lambda x, to: x.astype(DTYPES[to]),
-    "Concat": lambda *xs, axis: np.concatenate(xs, axis=axis),
+    "Concat": lambda *xs, axis: np.concatenate(xs, axis=int(axis)),
     "Identity": lambda x: x,
     "Abs": np.abs,
-    "ReduceMax": lambda x, axes=None, keepdims=1: np.max(x, axis=tuple(int(a) for a in axes), keepdims=bool(keepdims)),
-    "Expand": lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))),
+    "ReduceMax": lambda x, axes=None, keepdims=1: np.max(x, axis=_ints(axes), keepdims=bool(keepdims)),
+    "Expand": lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, _ints(shape))),
     "MatMulIntegerToFloat": _matmul_integer_to_float,
     "DynamicQuantizeLinear": _dynamic_quantize,
     "MatMulInteger": lambda a, b, a_zp=None, b_zp=None: np.matmul(
@@ -272,7 +293,13 @@ class NumpySession:
     def run(self, output_names, feeds: dict):
         values = {**self._consts, **feeds}
         for fn, node in self._nodes:
-            self._store(values, node, self._call(fn, node, values))
+            try:
+                self._store(values, node, self._call(fn, node, values))
+            except MixerError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a file this backend cannot run: one line
+                raise FormatError(f"the numpy backend cannot run {node['op']} node {node.get('name') or '?'} "
+                                  f"({type(e).__name__}: {str(e)[:200]})") from None
         return [values[n] for n in (output_names or self._outputs)]
 
     def get_modelmeta(self):
