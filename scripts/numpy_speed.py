@@ -2,8 +2,11 @@
 files (32-bit Pi OS runs the numpy backend; docs/raspberry-pi.md).
     python scripts/numpy_speed.py out/micromixer-1m.onnx m-port.onnx out/micromixer-1m-int8.onnx
 """
+import os
 import sys
 import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread, as onnxruntime is given (before numpy loads)
 
 from micromixer_edge.runtime.engine import GenerateOptions
 from micromixer_edge.runtime.generate import generate

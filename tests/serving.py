@@ -33,3 +33,9 @@ class Served:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+
+
+def rss_mb(pid) -> float:
+    """A process's resident memory now, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024

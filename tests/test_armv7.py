@@ -117,18 +117,19 @@ def test_float_arithmetic_gives_x86_bytes(bundle, boards, cpu, kind):
     assert got["ids"] == ids and got["seeded"] == sample
 
 
-def _top2_gap(model, ids_before: list[int], prompt: str) -> float:
+def _gap(model, ids_before: list[int], prompt: str, want: int, have: int) -> float:
+    """How far below x86's choice (its top logit) the byte the board chose is, on x86's logits."""
     from micromixer_edge.codec import encode_prompt
     logits, _ = model.prefill(np.asarray([encode_prompt(prompt) + ids_before], np.int64))
-    top = np.sort(logits[0, -1])[-2:]
-    return float(top[1] - top[0])
+    return float(logits[0, -1, want] - logits[0, -1, have])
 
 
 @pytest.mark.parametrize("cpu", list(CPUS))
 def test_int8_differs_from_x86_only_at_near_ties(bundle, boards, cpu):
     """The default int8 rounds each activation row after its own float sums (docs/raspberry-pi.md):
     numpy's and onnxruntime's sums may part by an ulp and flip one rounding. Counted and printed;
-    a difference anywhere but at a near-tie of x86's logits fails."""
+    a difference anywhere but at a near-tie (the board's byte within 0.25 of x86's on x86's own
+    logits) fails."""
     model, ids, sample = _x86(bundle, "int8")
     got = boards[cpu][str(bundle["int8"])]
     same = 0
@@ -137,8 +138,8 @@ def test_int8_differs_from_x86_only_at_near_ties(bundle, boards, cpu):
             same += 1
             continue
         at = next(i for i, (a, b) in enumerate(zip(want, have)) if a != b)
-        gap = _top2_gap(model, want[:at], prompt)
-        print(f"{cpu} int8 {prompt!r}: first difference at byte {at}, x86's top-2 gap {gap:.4f}")
+        gap = _gap(model, want[:at], prompt, want[at], have[at])
+        print(f"{cpu} int8 {prompt!r}: first difference at byte {at}, x86's logits of the two bytes {gap:.4f} apart")
         assert gap < NEAR_TIE
     print(f"{cpu} int8: {same}/{len(PROMPTS)} prompts identical over {TOKENS} bytes; seeded sample "
           f"{'identical' if got['seeded'] == sample else 'different'}")

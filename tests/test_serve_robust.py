@@ -20,7 +20,7 @@ from micromixer_edge.runtime.generate import generate
 from micromixer_edge.runtime.model import MixerModel
 
 pytest.importorskip("starlette")
-from serving import Served  # noqa: E402
+from serving import Served, rss_mb  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named", "Tom had a big red"]
@@ -444,15 +444,10 @@ def test_stray_bytes_after_an_answer_cannot_hold_a_connection(server):
         assert _closed_while_trickling(s, b"\r\n")
 
 
-def _rss_mb(pid) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def test_an_endless_head_is_431_not_a_gigabyte(server):
     """30 MB of header lines: the server answers 431 past 64 KB and closes (the client may see
     the close as a reset, having sent more), and its memory does not grow with what was sent."""
-    before = _rss_mb(server.proc.pid)
+    before = rss_mb(server.proc.pid)
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         try:
@@ -465,7 +460,7 @@ def test_an_endless_head_is_431_not_a_gigabyte(server):
         except ConnectionResetError:
             answer = b""
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
-    assert _rss_mb(server.proc.pid) - before < 20 and _health(server.url)["status"] == "ok"
+    assert rss_mb(server.proc.pid) - before < 20 and _health(server.url)["status"] == "ok"
 
 
 def test_malformed_http_gets_a_json_400(server):

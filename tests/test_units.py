@@ -182,6 +182,9 @@ message = st.one_of(st.fixed_dictionaries({"role": st.sampled_from(["system", "u
                     json_values)
 
 
+_template = None
+
+
 @settings(max_examples=200)
 @given(messages=st.lists(message, max_size=4) | json_values, extra=st.dictionaries(st.sampled_from(
     ["max_tokens", "max_completion_tokens", "stream", "temperature"]), json_values, max_size=2))
@@ -192,8 +195,10 @@ def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
     from micromixer_edge.serve.fields import parse_chat
     from micromixer_edge.serve.settings import Settings
     body = json.dumps({"messages": messages, **extra}).encode()
+    global _template
+    _template = _template or ChatTemplate()  # (one worker process for every example)
     try:
-        req = parse_chat(body, Settings(model="m"), ChatTemplate())
+        req = parse_chat(body, Settings(model="m"), _template)
     except BadRequest as e:
         assert e.status in (400, 413) and str(e)
         return

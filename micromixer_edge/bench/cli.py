@@ -29,7 +29,11 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
     import os
     import platform
 
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:  # 32-bit Pi OS: no wheel; mixer-run --stats measures the numpy backend
+        raise click.UsageError("mixer-bench measures onnxruntime, which is not installed here; on a board "
+                               "without it use: mixer-run MODEL.onnx -p TEXT --stats") from None
 
     from .measure import NEW_TOKENS, Stat, bench_model, reference_tokens_per_s
     results = [bench_model(p, threads, repeats) for p in model_paths]

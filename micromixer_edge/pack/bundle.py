@@ -48,6 +48,11 @@ def project_root() -> Path:
     return root
 
 
+def _unpinned(deps) -> list[str]:
+    """Requirements by name alone (PyPI picks the versions on the board), never the bad onnxruntime."""
+    return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in deps]
+
+
 def _runtime_wheel(dest: Path) -> None:
     _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(project_root()))
 
@@ -63,7 +68,7 @@ def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
     _runtime_wheel(dest)
     deps = RUNTIME_DEPS + (tuple(_serve_requirements()) if serve else ())
     if not with_deps:
-        return [f"{d}{'!=' + BAD_ORT if d == 'onnxruntime' else ''}" for d in deps]
+        return _unpinned(deps)
     plats = [a for p in PLATFORMS for a in ("--platform", p)]
     _pip("download", "--quiet", "--dest", str(dest), "--only-binary=:all:", "--python-version",
          PYTHON_VERSION, *plats, "--platform", "any", *deps, f"onnxruntime!={BAD_ORT}")
@@ -80,8 +85,9 @@ def _wheels(dest: Path, with_deps: bool, serve: bool = False) -> list[str]:
 REQUIREMENTS_HEADER = {
     "64-bit": "# aarch64 (Raspberry Pi OS 64-bit), Python 3.11; onnxruntime 1.21.0 crashes on the Pi\n",
     "32-bit": "# armv7 (Raspberry Pi OS 32-bit): install.sh uses apt's python3-numpy and python3-click\n"
-              "# (sudo apt install python3-numpy python3-click python3-venv); PyPI has no onnxruntime\n"
-              "# wheel for armv7, so the numpy backend runs the model. Nothing to pip install.\n"}
+              "# (sudo apt install python3-numpy python3-click python3-venv) and not this list; PyPI has no\n"
+              "# onnxruntime wheel for armv7, so the numpy backend runs the model. On a 64-bit OS, install.sh\n"
+              "# fetches these from PyPI.\n"}
 
 
 def _write_scripts(root: Path, model_name: str, pins: list[str], meta: dict, serve: bool = False,
@@ -121,7 +127,8 @@ def make_bundle(model_path: str | os.PathLike, output: str | os.PathLike, with_d
         root = Path(tmp) / name
         (root / "wheels").mkdir(parents=True)
         shutil.copy2(model_path, root / Path(model_path).name)
-        pins = [] if numpy_only else _wheels(root / "wheels", with_deps, serve)
+        # (a pi32 bundle on a 64-bit OS: install.sh fetches these from PyPI; on 32-bit it uses apt's)
+        pins = _unpinned(RUNTIME_DEPS) if numpy_only else _wheels(root / "wheels", with_deps, serve)
         if numpy_only:
             _runtime_wheel(root / "wheels")
         _write_scripts(root, Path(model_path).name, pins, model.meta, serve, "32-bit" if numpy_only else "64-bit")

@@ -113,6 +113,50 @@ def fold(model: MixerModel, new: list[int], mode: str, state: State | None = Non
     return (None if logits is None else logits[0, -1].copy()), state
 
 
+class RefoldShare:
+    """Rows cost what they cost. A row at its mode's boundary re-folds in a call of its own (up to
+    W tokens: window mode pays one every byte past W, ~7 ms on x86 for the 1m model, where a whole
+    batched step costs well under 1 ms). Re-folds are given the time that the rows taking them
+    would have if time were shared equally among the live rows: while k of n rows are at a
+    boundary, each step adds (the shared call's time) x k / (n - k) to a credit that their re-folds
+    spend; a row that finds the credit spent waits (takes no byte) until it comes back, the longest
+    waiting first. So the other rows keep at least (n - k) / n of the loop, whatever k rows ask.
+    With no row at a boundary, or every row at one, nobody waits and the credit is 0."""
+
+    def __init__(self):
+        self.credit = 0.0         # seconds of re-folds the rows at a boundary may still take
+        self.per_token = 0.0      # seconds a re-folded token costs (measured; 0: the first one is free)
+        self._due = (0, 0)        # (rows at a boundary, live rows) at the last `held`
+
+    def held(self, rows: list[Row], W: int) -> set[Row]:
+        due = [r for r in rows if r.position >= r.event]
+        self._due = (len(due), len(rows))
+        if not due or len(due) == len(rows):
+            self.credit = 0.0
+            return set()
+        due.sort(key=lambda r: -r.waited)
+        budget, go = self.credit, 0
+        while go < len(due) and budget > 0:
+            budget -= self.per_token * (due[go].mode.keep(W) + 1)
+            go += 1
+        for r in due[:go]:
+            r.waited = 0
+        for r in due[go:]:
+            r.waited += 1
+        return set(due[go:])
+
+    def spent(self, shared: float, folds: list[tuple[int, float]]) -> None:
+        """After a step: the shared call's seconds and each re-fold's (tokens, seconds)."""
+        for tokens, seconds in folds:
+            self.per_token = seconds / tokens if self.per_token == 0 else 0.8 * self.per_token + 0.2 * seconds / tokens
+        k, n = self._due
+        if 0 < k < n:
+            self.credit = min(self.credit + shared * k / (n - k) - sum(s for _, s in folds), MAX_CREDIT_SECONDS)
+
+
+MAX_CREDIT_SECONDS = 0.05  # (no more banked than one long re-fold's worth)
+
+
 @dataclasses.dataclass(eq=False)
 class Row:
     """One sequence in the engine. `pieces` collects text not yet taken by the caller."""
@@ -134,6 +178,7 @@ class Row:
     trail: Trail | None = None         # per-byte logprobs, when options.logprobs is set
     pieces: list[str] = dataclasses.field(default_factory=list)
     id: int = 0
+    waited: int = 0                    # steps it has waited at its boundary for its share of time
 
     @property
     def done(self) -> bool:
@@ -163,6 +208,8 @@ class Engine:
         self._ids = itertools.count()
         self._stepper = None
         self._slots: list[Row] = []  # the row of each stepper row (the live rows when it was built)
+        self._share = RefoldShare()
+        self._held: set[Row] = frozenset()  # rows this step leaves at their boundary (RefoldShare)
 
     # --- joining and leaving -----------------------------------------------------------------
     def add(self, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
@@ -257,8 +304,9 @@ class Engine:
             row.sums, row.position = st.sums[:, i].copy(), int(st.position[i])
         self._stepper, self._slots = None, []
 
-    def _attach(self) -> None:
-        self._slots = list(self.rows)
+    def _attach(self, rows: list[Row]) -> None:
+        """A stepper whose rows are `rows` (their states copied in)."""
+        self._slots = list(rows)
         self._stepper = self.model.stepper(len(self._slots))
         st = self._stepper.state
         for i, row in enumerate(self._slots):
@@ -271,9 +319,11 @@ class Engine:
         if not self.rows:
             return []
         t0, touched, finished, rows = time.perf_counter(), [], False, self.rows
-        logits = np.stack([r.logits for r in rows])  # (B, V): one sampling pass for every row
-        tokens = sample_rows([r.sampler for r in rows], logits, [r.recent for r in rows])
-        for row, token in zip(rows, tokens):
+        held = self._held = self._share.held(rows, self.W)  # at a boundary, waiting for their share of time
+        stepping = [r for r in rows if r not in held] if held else rows
+        logits = np.stack([r.logits for r in stepping])  # (B, V): one sampling pass for every row
+        tokens = sample_rows([r.sampler for r in stepping], logits, [r.recent for r in stepping])
+        for row, token in zip(stepping, tokens):
             try:  # a row's own failure ends that row alone (finish_reason "error")
                 if isinstance(token, Exception):
                     raise token
@@ -346,26 +396,42 @@ class Engine:
             row.pieces.append(tail)
 
     def _feed(self) -> list[Row]:
-        """Fold each live row's new token: one call for all, plus window re-folds past W. Returns
-        the rows whose own re-fold failed (they leave)."""
-        rows, failed = self.rows, []
-        refold = self._boundaries() if any(r.position >= r.event for r in rows) else {}
-        if self._stepper is None:
-            self._attach()
-        logits = self._stepper.step([r.last for r in rows]).copy()  # (B, V), one copy
-        for i, row in enumerate(rows):
+        """Fold each live row's new token: one call for the rows inside their mode's bounds, a
+        re-fold of its own for each row at its boundary (those `step` held took no token: they
+        wait). Rows at a boundary stay out of the shared call: it would compute them for nothing.
+        Returns the rows whose own re-fold failed (they leave)."""
+        rows, failed, held, self._held = self.rows, [], self._held, frozenset()
+        due = {i: row.mode.keep(self.W) for i, row in enumerate(rows) if row.position >= row.event}
+        stepping = [r for i, r in enumerate(rows) if i not in due] if due else rows
+        shared, folds = 0.0, []
+        if stepping:
+            if self._stepper is None or self._slots != stepping:
+                self._detach()
+                self._attach(stepping)
+            t0 = time.perf_counter()
+            logits = self._stepper.step([r.last for r in stepping]).copy()  # (B, V), one copy
+            shared = time.perf_counter() - t0
+            for i, row in enumerate(stepping):
+                row.logits, row.position = logits[i], row.position + 1
+        elif self._stepper is not None:
+            self._detach()
+        for i, keep in due.items():
+            row = rows[i]
+            if row in held:
+                continue
             try:
-                if i in refold:
-                    row.logits, row.position = self._refold(i, row, refold[i]), refold[i] + 1
-                else:
-                    row.logits, row.position = logits[i], row.position + 1
+                t0 = time.perf_counter()
+                row.logits = self._refold(i, row, keep)
+                folds.append((keep + 1, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - this row's re-fold: the others keep theirs
                 self.fail(row, e)
                 failed.append(row)
-            row.unfolded = False
-            self._remember(row)
+        for row in rows:
+            if row not in held:
+                row.unfolded = False
+                self._remember(row)
+        self._share.spent(shared, folds)
         if failed:
-            self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
         return failed
 
@@ -376,15 +442,12 @@ class Engine:
             if len(row.history) > 2 * self.W:
                 del row.history[:-self.W]
 
-    def _boundaries(self) -> dict[int, int]:
-        """Rows at their mode's boundary: {row index: tokens its re-fold keeps before the new one}."""
-        return {i: row.mode.keep(self.W) for i, row in enumerate(self.rows) if row.position >= row.event}
-
     def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
-        """The last `keep` tokens and the new one, from position 0, in one call (a re-fold)."""
+        """Row i's last `keep` tokens and its new one, from position 0, in one call (a re-fold):
+        its state (it is out of the stepper), and the logits it returns."""
         block = np.asarray([row.history[-keep:] + [row.last]], np.int64)
         logits, st = self.model.prefill(block)
-        self._stepper.state.set_rows([i], st)
+        row.sums, row.position = st.sums[:, 0].copy(), int(st.position[0])
         return logits[0, -1]
 
     # --- snapshots: a row as bytes, resumed or forked -----------------------------------------

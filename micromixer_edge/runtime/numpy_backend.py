@@ -30,7 +30,8 @@ def _index(v) -> np.ndarray:
     if v.dtype == np.intp:
         return v
     if v.size and (v.max() > np.iinfo(np.intp).max or v.min() < np.iinfo(np.intp).min):
-        raise MixerError(f"an index of {int(v.max())} does not fit this platform's {np.dtype(np.intp)}")
+        worst = int(v.max()) if v.max() > np.iinfo(np.intp).max else int(v.min())
+        raise MixerError(f"an index of {worst} does not fit this platform's {np.dtype(np.intp)}")
     return v.astype(np.intp)
 
 
@@ -203,7 +204,8 @@ OPS = {
     "Concat": lambda *xs, axis: np.concatenate(xs, axis=int(axis)),
     "Identity": lambda x: x,
     "Abs": np.abs,
-    "ReduceMax": lambda x, axes=None, keepdims=1: np.max(x, axis=_ints(axes), keepdims=bool(keepdims)),
+    "ReduceMax": lambda x, axes=None, keepdims=1: np.max(x, axis=None if axes is None else _ints(axes),
+                                                         keepdims=bool(keepdims)),
     "Expand": lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, _ints(shape))),
     "MatMulIntegerToFloat": _matmul_integer_to_float,
     "DynamicQuantizeLinear": _dynamic_quantize,
@@ -300,6 +302,9 @@ class NumpySession:
             except Exception as e:  # noqa: BLE001 - a file this backend cannot run: one line
                 raise FormatError(f"the numpy backend cannot run {node['op']} node {node.get('name') or '?'} "
                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+        missing = [n for n in (output_names or self._outputs) if n not in values]
+        if missing:
+            raise FormatError(f"no node of this file computes its output {missing[0]!r}")
         return [values[n] for n in (output_names or self._outputs)]
 
     def get_modelmeta(self):

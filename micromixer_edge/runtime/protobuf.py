@@ -136,6 +136,8 @@ def node(buf: bytes) -> dict:
             out["inputs"].append(v.decode())
         elif num == 2:
             out["outputs"].append(v.decode())
+        elif num == 3:
+            out["name"] = v.decode()
         elif num == 4:
             out["op"] = v.decode()
         elif num == 5:

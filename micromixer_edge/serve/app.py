@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 import uuid
@@ -21,12 +20,13 @@ from starlette.routing import Route
 from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ..runtime.logprobs import token_text
+from .answer import BLOCK, CHAT, HELD, HOLD_SECONDS, TEXT, Budget, ReleaseAnswers, Shape, dumps, paced
 from ..runtime.engine import Engine
 from ..runtime.model import MixerModel
 from ..runtime.prompt_cache import PromptCache
 from .auth import RequireKey, read_api_key
 from .chat import ChatTemplate
-from .fields import parse_chat, parse_completion, parse_detokenize, parse_tokenize
+from .fields import chat_messages, chat_request, parse_completion, parse_detokenize, parse_tokenize, tokens
 from .loop import DecodeLoop
 from .metrics import Metrics
 from .settings import Settings
@@ -46,47 +46,6 @@ def error_doc(status: int, message: str, param: str | None = None, code=None) ->
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """How an endpoint writes its answer: OpenAI's completion or chat completion objects."""
-    id_prefix: str
-    whole_object: str
-    chunk_object: str
-    chat: bool
-
-    def whole(self, index: int, text: str, finish: str, logprobs: dict | None = None) -> dict:
-        body = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
-        return {"index": index, **body, "logprobs": logprobs, "finish_reason": finish}
-
-    def piece(self, index: int, text: str, finish: str | None, first: bool, logprobs: dict | None = None) -> dict:
-        if not self.chat:
-            return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
-        delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-
-    def logprobs(self, entries: list, k: int | None) -> dict | None:
-        """OpenAI's logprobs object of these entries (runtime/logprobs.py); None without logprobs.
-        Completions: parallel lists, top_logprobs the k most likely and the byte itself (up to
-        k + 1, as OpenAI documents), the end-of-sequence byte listed as vLLM lists it; chat: one
-        object per byte of the content, exactly k alternatives."""
-        if k is None:
-            return None
-        if self.chat:
-            def one(t, lp):
-                return {"token": token_text(t), "logprob": lp, "bytes": [t]}
-            return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(*a) for a in e.top[:k]]}
-                                for e in entries if e.token != EOS_ID], "refusal": None}
-        return {"tokens": [token_text(e.token) for e in entries],
-                "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [None if e.logprob is None else {token_text(t): lp for t, lp in e.top}
-                                 for e in entries],
-                "text_offset": [e.offset for e in entries]}
-
-
-TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
-CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
-
-
 async def _result(job) -> tuple[str, list, str, dict, str | None]:
     """A job's whole text, logprob entries, finish reason, usage and error, once it is done."""
     text, entries = [], []
@@ -99,13 +58,15 @@ async def _result(job) -> tuple[str, list, str, dict, str | None]:
 
 
 async def _pump(index: int, job, merged: asyncio.Queue) -> None:
-    """Forward a job's items to a request's merged queue: all the text there is now as one piece."""
+    """Forward a job's items to a request's merged queue: the text there is now as one piece, of
+    at most BLOCK logprob entries (so that a chunk a slow client left to pile up costs no more)."""
     while True:
         item, text, entries = await job.out.get(), [], []
         while item is not None and item[0] == "piece":
             text.append(item[1])
             entries += item[2]
-            item = job.out.get_nowait() if not job.out.empty() else None
+            more = len(entries) < BLOCK and not job.out.empty()
+            item = job.out.get_nowait() if more else None
         if text or entries:
             merged.put_nowait((index, ("piece", "".join(text), entries)))
         if item is not None:
@@ -137,7 +98,9 @@ class Service:
             if settings.prompt_cache_mb > 0 else None
         self.loop = DecodeLoop(Engine(self.model, cache), settings.max_batch, settings.max_queue, self.metrics,
                                on_death)
-        self.template = ChatTemplate.from_file(settings.chat_template)
+        self.answers = Budget(int(settings.answers_in_flight_mb * 2**20))
+        self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
+                                               settings.max_prompt_bytes)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
               finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None) -> str:
@@ -146,7 +109,7 @@ class Service:
         doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
-        return f"data: {json.dumps(doc)}\n\n"
+        return f"data: {dumps(doc)}\n\n"
 
     async def body(self, request: Request) -> bytes:
         """The request body, at most settings.max_body_bytes (its time limit is the protocol's:
@@ -169,24 +132,35 @@ class Service:
         return bytes(data)
 
     async def completions(self, request: Request) -> Response:
-        return await self._answer(request, TEXT, lambda body: parse_completion(body, self.settings))
+        async def parse(body: bytes):
+            return parse_completion(body, self.settings)
+        return await self._answer(request, TEXT, parse)
 
     async def chat(self, request: Request) -> Response:
-        return await self._answer(request, CHAT, lambda body: parse_chat(body, self.settings, self.template))
+        async def parse(body: bytes):
+            req, messages = chat_messages(body)
+            return chat_request(req, await self.template.render(messages), self.settings)
+        return await self._answer(request, CHAT, parse)
 
     async def _answer(self, request: Request, shape: "Shape", parse) -> Response:
-        """Parse, queue, then stream or answer whole, in the endpoint's shape."""
+        """Parse, hold the answer's share of --answers-in-flight-mb, queue, then stream or answer
+        whole, in the endpoint's shape."""
         try:
-            req = parse(await self.body(request))
+            req = await parse(await self.body(request))
+            if not self.answers.take(req.answer_bytes):
+                raise QueueFull(f"the server is busy: the answers in flight could hold "
+                                f"{self.answers.held / 2**20:.1f} MB (--answers-in-flight-mb "
+                                f"{self.settings.answers_in_flight_mb:g})")
+            request.scope.setdefault("state", {})[HELD] = req.answer_bytes  # given back once the response is out
             jobs = self.loop.submit(req.choices())
         except BadRequest as e:
             self.metrics.requests.labels(outcome=f"error_{e.status}").inc()
             # a body not read to its end leaves the connection unusable: close it
             headers = {"Connection": "close"} if e.status == 413 else None
             return error(e.status, str(e), e.param, headers)
-        except QueueFull:
+        except QueueFull as e:
             self.metrics.requests.labels(outcome="error_429").inc()
-            return error(429, "the server is busy: too many queued requests", headers={"Retry-After": "1"})
+            return error(429, str(e) or "the server is busy: too many queued requests", headers={"Retry-After": "1"})
         except ShuttingDown:
             return error(503, "the server is shutting down" if self.loop.dead is None else "the server failed")
         cid, created = f"{shape.id_prefix}{uuid.uuid4().hex[:24]}", int(time.time())
@@ -220,8 +194,9 @@ class Service:
                     return error(status, message.format(err), code=code)
                 choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[reason],
                                            shape.logprobs(entries, k)))
-            return JSONResponse({"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
-                                 "choices": choices, "usage": _total([r.result()[3] for r in results])})
+            doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
+                   "choices": choices, "usage": _total([r.result()[3] for r in results])}
+            return StreamingResponse(paced(doc), media_type="application/json")  # in pieces: the loop stays free
         finally:
             gone.cancel()
             for r in results:
@@ -235,14 +210,17 @@ class Service:
         generator and the rows leave the step."""
         merged: asyncio.Queue = asyncio.Queue()
         pumps = [asyncio.ensure_future(_pump(i, job, merged)) for i, job in enumerate(jobs)]
-        first, usages = [True] * len(jobs), []
+        first, usages, since = [True] * len(jobs), [], time.perf_counter()
         try:
             while len(usages) < len(jobs):
+                if time.perf_counter() - since > HOLD_SECONDS:  # a backlog: the other requests get a turn
+                    await asyncio.sleep(0)
+                    since = time.perf_counter()
                 index, item = await merged.get()
                 echo = req.prompt_text(index) if first[index] else ""
                 if item[0] == "piece":
                     logprobs = shape.logprobs(item[2], req.options.logprobs)
-                    if shape.chat and not item[1] and not (logprobs and logprobs["content"]):
+                    if shape.chat and not item[1] and not (logprobs and logprobs["content"].items):
                         continue  # (chat's eos entry alone: nothing to send)
                     yield self.chunk(shape, cid, created, index, echo + item[1], first=first[index], logprobs=logprobs)
                     first[index] = False
@@ -287,7 +265,9 @@ class Service:
 
     async def tokenize(self, request: Request) -> Response:
         try:
-            data = parse_tokenize(await self.body(request), self.settings, self.template)
+            prompt = parse_tokenize(await self.body(request))
+            prompt = prompt if isinstance(prompt, str) else await self.template.render(prompt)
+            data = tokens(prompt, self.settings)
         except BadRequest as e:
             return error(e.status, str(e), e.param)
         return JSONResponse({"count": len(data), "max_model_len": self.model.max_seq_len, "tokens": list(data),
@@ -331,6 +311,17 @@ ROUTES = (("POST", "/v1/completions", "completions"),
           ("GET", "/", "playground"))
 
 
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, its refused preflight (400) in JSON like every other error."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return error(response.status_code, response.body.decode(), headers=headers, code="cors_refused")
+
+
 def create_app(settings: Settings, on_death=None) -> Starlette:
     """The app; `on_death` is called (from the decode thread) if that thread dies."""
     server = Service(settings, on_death)
@@ -340,6 +331,7 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
         server.loop.start()
         yield
         server.loop.stop()
+        server.template.close()
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         messages = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
@@ -350,9 +342,10 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
 
     routes = [Route(path, getattr(server, name), methods=[method]) for method, path, name in ROUTES]
     key = read_api_key(settings.api_key, settings.api_key_file)
-    middleware = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                             allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)
-                  for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]
+    middleware = [Middleware(ReleaseAnswers, budget=server.answers)]
+    middleware += [Middleware(JSONCORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                              allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)
+                   for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]
     if key is not None:  # inside CORS: a preflight (OPTIONS, no credentials) is answered before it
         middleware.append(Middleware(RequireKey, key=key, unauthorized=lambda: error(
             401, "a valid API key is needed: send 'Authorization: Bearer KEY'", code="invalid_api_key",

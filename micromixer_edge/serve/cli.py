@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import threading
 
@@ -95,7 +96,12 @@ class UvicornServer(uvicorn.Server):
 
 
 def main():
-    sys.exit(run_cli(serve_command))
+    code = run_cli(serve_command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # not sys.exit: it would wait for the worker threads (a long prompt folding on the prefill
+    # thread, a chat template's render), and SIGTERM must end the server within --shutdown-seconds
+    os._exit(code)
 
 
 if __name__ == "__main__":

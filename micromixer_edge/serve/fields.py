@@ -21,6 +21,7 @@ from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
 from ..runtime.sampling import MIN_PENALTY
 from ..runtime.logprobs import MAX_LOGPROBS
+from .answer import answer_bytes
 from .settings import (DEFAULT_MAX_TOKENS, MAX_COMPLETION_LOGPROBS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS,
                        MAX_TEMPERATURE, MAX_WINDOW_SCORED_BYTES, Settings)
 
@@ -115,6 +116,7 @@ class CompletionRequest:
     include_usage: bool = False
     n: int = 1                # choices per prompt
     echo: bool = False        # each choice's text begins with its prompt
+    answer_bytes: int = 0     # the most JSON its answer can hold (serve/answer.py)
 
     def prompt_text(self, index: int) -> str:
         """What choice `index` echoes before its text ("" without echo)."""
@@ -171,14 +173,24 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 def parse_chat(body: bytes, settings: Settings, render) -> CompletionRequest:
     """A /v1/chat/completions body -> the request, its prompt the messages through `render`
-    (serve/chat.py); the other fields are the completions' (max_completion_tokens is OpenAI's
-    newer name for max_tokens)."""
+    (serve/chat.py; the server renders off the event loop, between chat_messages and chat_request)."""
+    req, messages = chat_messages(body)
+    return chat_request(req, render(messages), settings)
+
+
+def chat_messages(body: bytes) -> tuple[dict, list[dict]]:
+    """A /v1/chat/completions body -> (its fields, its messages as {role, content: text})."""
     req = _json_object(body)
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest(400, "messages must be a non-empty list of {role, content}", "messages")
-    plain = [_message(m) for m in messages]
-    return _request(req, [render(plain)], settings, "chat")
+    return req, [_message(m) for m in messages]
+
+
+def chat_request(req: dict, prompt: str, settings: Settings) -> CompletionRequest:
+    """The chat request around its rendered prompt; the other fields are the completions' (with
+    max_completion_tokens, OpenAI's newer name for max_tokens)."""
+    return _request(req, [prompt], settings, "chat")
 
 
 def _message(m) -> dict:
@@ -197,17 +209,20 @@ def _message(m) -> dict:
     return {"role": m["role"], "content": content}
 
 
-def parse_tokenize(body: bytes, settings: Settings, render) -> bytes:
-    """A /tokenize body (vLLM's): {"prompt": text} or {"messages": [...]} (through the chat
-    template) -> its tokens, which are its UTF-8 bytes. `add_special_tokens` changes nothing:
-    every prompt gets bos when it is run, so the tokens never list it."""
+def parse_tokenize(body: bytes) -> str | list[dict]:
+    """A /tokenize body (vLLM's): {"prompt": text} -> the text, or {"messages": [...]} -> the
+    messages, for the chat template (then `tokens`)."""
     req = _json_object(body)
     if "messages" in req and req.get("prompt") is None:
-        prompt = parse_chat(body, settings, render).prompts[0]
-    elif isinstance(req.get("prompt"), str):
-        prompt = req["prompt"]
-    else:
-        raise BadRequest(400, "prompt must be a string (or give messages)", "prompt")
+        return chat_messages(body)[1]
+    if isinstance(req.get("prompt"), str):
+        return req["prompt"]
+    raise BadRequest(400, "prompt must be a string (or give messages)", "prompt")
+
+
+def tokens(prompt: str, settings: Settings) -> bytes:
+    """A prompt's tokens, which are its UTF-8 bytes. `add_special_tokens` changes nothing: every
+    prompt gets bos when it is run, so the tokens never list it."""
     data = _text(prompt, "prompt")
     if len(data) > settings.max_prompt_bytes:
         raise BadRequest(413, f"the prompt is over --max-prompt-bytes ({settings.max_prompt_bytes} bytes)", "prompt")
@@ -270,7 +285,24 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
     if n * len(prompts) > most:  # (the rows of one prompt must fit in a step: n is at most --max-batch)
         raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch + --max-queue "
                               f"({most})", "prompt" if n == 1 else "n")
-    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo)
+    cost = answer_bytes(endpoint, sizes, n, options.max_new_tokens, options.logprobs, echo, options.prompt_logprobs)
+    if cost > settings.max_answer_bytes:
+        raise BadRequest(400, _too_big(cost, settings, endpoint, options), _costly_field(endpoint, options, n))
+    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo, cost)
+
+
+def _costly_field(endpoint: str, options: GenerateOptions, n: int) -> str:
+    if options.logprobs is not None:
+        return "top_logprobs" if endpoint == "chat" else "logprobs"
+    return "max_tokens" if n == 1 else "n"
+
+
+def _too_big(cost: int, settings: Settings, endpoint: str, options: GenerateOptions) -> str:
+    lower = ["max_tokens", "n", "the prompts (with echo)"]
+    if options.logprobs is not None:
+        lower.insert(0, "top_logprobs (or logprobs: false)" if endpoint == "chat" else "logprobs (or leave it out)")
+    return (f"this request's answer could hold {cost / 2**20:.1f} MB of JSON, over --max-answer-mb "
+            f"({settings.max_answer_mb:g}); lower " + ", ".join(lower[:-1]) + " or " + lower[-1])
 
 
 def _prompt_sizes(prompts: list[str | bytes], settings: Settings) -> list[int]:

@@ -34,6 +34,13 @@ class Settings:
     prompt_cache_mb: float = _opt(16.0, "Memory for states of recent prompts (a few KB each), which a prompt "
                                         "sharing their start resumes from; 0 turns the cache off.", 0)
     max_tokens_limit: int = _opt(4096, "The largest max_tokens a request may ask for.", 1)
+    max_answer_mb: float = _opt(8.0, "The most JSON one answer may hold (choices x bytes x logprob entries, echo "
+                                     "included), estimated before it runs; past it a 400 says what to lower.", 0.001)
+    answers_in_flight_mb: float = _opt(64.0, "The most JSON all answers in flight may hold together (each counted "
+                                             "at its estimate); past it a request gets 429.", 0.001)
+    template_seconds: float = _opt(1.0, "A chat template must render within this many seconds (else that "
+                                        "request's 400) and load within 10x as long (else the server refuses to "
+                                        "start); it runs in a process of its own.", 0.01)
     timeout_seconds: float = _opt(5.0, "A request (headers and body) must arrive within this many seconds "
                                        "of its first byte, else 408 and the connection closes; also the "
                                        "keep-alive idle time.", 0.1)
@@ -54,6 +61,12 @@ class Settings:
             if low is not None and value < low or high is not None and value > high:
                 raise MixerError(f"--{f.name.replace('_', '-')} must be from {low} to {high}" if high is not None
                                  else f"--{f.name.replace('_', '-')} must be at least {low}")
+        if self.answers_in_flight_mb < self.max_answer_mb:
+            raise MixerError("--answers-in-flight-mb must be at least --max-answer-mb (one answer must fit)")
+
+    @property
+    def max_answer_bytes(self) -> int:
+        return int(self.max_answer_mb * 2**20)
 
     @property
     def max_body_bytes(self) -> int:
