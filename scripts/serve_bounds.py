@@ -4,8 +4,8 @@ worst wait, a running stream's worst gap, answer sizes and the server's RSS (pea
     python scripts/serve_bounds.py MODEL.onnx [--flag value ...]   # extra flags go to mixer-serve
 
 Cases: the issue's 136-byte chat request (n 32 x 4,096 bytes x 20 alternatives); the largest chat
-answer allowed; answers in flight up to --answers-in-flight-mb (12 such requests at once); 31
-window-mode rows beside a 100-byte halve request.
+answer allowed; answers in flight up to --answers-in-flight-mb (12 such requests at once); 30
+window-mode rows beside a 100-byte halve request (and the watched stream: 32 rows).
 """
 import concurrent.futures
 import re
@@ -97,7 +97,8 @@ def main(model, *flags):
         alone = min(halve() for _ in range(3))
 
         def beside_window():
-            window = {"prompt": "x" * 300, "n": 31, "max_tokens": 4096, "ignore_eos": True, "context": "window",
+            # 30: with the watched stream and the halve request, the 32 rows of --max-batch
+            window = {"prompt": "x" * 300, "n": 30, "max_tokens": 4096, "ignore_eos": True, "context": "window",
                       "stream": True}
             with httpx.Client(timeout=120) as c, c.stream("POST", url + "/v1/completions", json=window) as r:
                 lines = r.iter_lines()
@@ -105,7 +106,7 @@ def main(model, *flags):
                     next(lines)
                 took = halve()
             return f"100 halve bytes {took * 1000:.0f} ms (alone {alone * 1000:.0f} ms, {took / alone:.1f}x)"
-        case("31 window rows + 1 halve", url, proc.pid, beside_window)
+        case("30 window rows + the stream + 1 halve", url, proc.pid, beside_window)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -66,20 +66,27 @@ def pieces(value) -> Iterator[str]:
         yield dumps(value)
 
 
+_LANE = asyncio.Lock()  # whole answers encode one at a time, each for HOLD_SECONDS at most
+
+
 async def paced(value):
-    """`value` as JSON text for a StreamingResponse: pieces of about PIECE_BYTES, and a turn for
-    the event loop whenever encoding has held it HOLD_SECONDS."""
-    buffer, size, since = [], 0, time.perf_counter()
-    for piece in pieces(value):
-        buffer.append(piece)
-        size += len(piece)
-        if size >= PIECE_BYTES:
-            yield "".join(buffer)
-            buffer, size = [], 0
-        if time.perf_counter() - since > HOLD_SECONDS:
-            await asyncio.sleep(0)
-            since = time.perf_counter()
-    yield "".join(buffer)
+    """`value` as JSON text for a StreamingResponse, in pieces of about PIECE_BYTES or of
+    HOLD_SECONDS of encoding, whichever comes first. Encoding takes turns in one lane (FIFO), so
+    however many answers are written at once, the event loop runs its other work (/health, the
+    streams) at least every HOLD_SECONDS; the lane is not held while a piece waits for a slow
+    reader."""
+    parts, done = pieces(value), False
+    while not done:
+        await asyncio.sleep(0)  # (sending a piece need not suspend: the loop's turn is taken here)
+        async with _LANE:
+            buffer, size, since, done = [], 0, time.perf_counter(), True
+            for piece in parts:
+                buffer.append(piece)
+                size += len(piece)
+                if size >= PIECE_BYTES or time.perf_counter() - since > HOLD_SECONDS:
+                    done = False
+                    break
+        yield "".join(buffer)
 
 
 @dataclasses.dataclass(frozen=True)
