@@ -5,8 +5,6 @@ is started here on 127.0.0.1 with an ephemeral port, with its default limits unl
 otherwise, and stopped."""
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +27,7 @@ class HealthWatch:
     """Polls /health every 50 ms on a thread of its own; `worst` is the longest answer it waited for."""
 
     def __init__(self, url: str):
-        self.url, self.worst, self.polls, self._stop = url, 0.0, 0, threading.Event()
+        self.url, self.worst, self.polls, self._stop, self.failed = url, 0.0, 0, threading.Event(), None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
@@ -39,14 +37,20 @@ class HealthWatch:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if self.failed is not None:  # (a poll that failed or timed out is a stall, not a pass)
+            raise AssertionError(f"/health failed: {self.failed!r}")
+        assert self.polls >= 3
 
     def _run(self):
-        with httpx.Client(timeout=30) as c:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                assert c.get(self.url + "/health").status_code == 200
-                self.worst, self.polls = max(self.worst, time.perf_counter() - t0), self.polls + 1
-                time.sleep(0.05)
+        try:
+            with httpx.Client(timeout=30) as c:
+                while not self._stop.is_set():
+                    t0 = time.perf_counter()
+                    assert c.get(self.url + "/health").status_code == 200
+                    self.worst, self.polls = max(self.worst, time.perf_counter() - t0), self.polls + 1
+                    time.sleep(0.05)
+        except BaseException as e:  # noqa: BLE001 - reported by __exit__
+            self.failed = e
 
 
 def _stream_gaps(url: str, body: dict, seconds: float) -> float:
@@ -258,23 +262,28 @@ def test_a_refused_cors_preflight_is_json(bundled):
 
 # --- a search for a request that holds the event loop --------------------------------------------
 
+PROMPTS = st.sampled_from(["Once", "é" * 300, "x" * 4000, "Lily and Ben " * 5000, "\x01é" * 21000])
 request_bodies = st.fixed_dictionaries({
     "n": st.integers(1, 32),
-    "prompt": st.lists(st.sampled_from(["Once", "é" * 300, "x" * 4000, "Lily and Ben " * 1200]), min_size=1, max_size=4),
     "max_tokens": st.sampled_from([0, 1, 64, 1024, 4096]),
-    "echo": st.booleans(),
     "ignore_eos": st.just(True),
     "context": st.sampled_from(["halve", "window", "unbounded"]),
     "stream": st.booleans(),
-}, optional={"logprobs": st.integers(0, 5)})
+}, optional={"logprobs": st.integers(0, 5), "echo": st.booleans()}).flatmap(lambda body: st.one_of(
+    st.builds(lambda p: ("/v1/completions", {**body, "prompt": p}),
+              st.lists(PROMPTS, min_size=1, max_size=4) | st.lists(st.integers(3, 255), min_size=1, max_size=3000)),
+    st.builds(lambda p, k: ("/v1/chat/completions", {
+        **{f: v for f, v in body.items() if f not in ("logprobs", "echo")}, "messages": [{"role": "user", "content": p}],
+        **({"logprobs": True, "top_logprobs": k} if k is not None else {})}), PROMPTS, st.none() | st.integers(0, 20))))
 
 
-async def _health_while(url: str, body: dict, seconds: float) -> tuple[float, int]:
-    """Send body; poll /health each 50 ms until its answer ends or `seconds` pass (then the
-    client leaves). Returns (worst /health wait, the request's status)."""
+async def _health_while(url: str, path: str, body: dict, seconds: float) -> tuple[float, int]:
+    """Send body; poll /health each 50 ms until its answer has been read to its end (its whole
+    encoding watched) or `seconds` pass (then the client leaves). Returns (worst /health wait,
+    the request's status)."""
     async with httpx.AsyncClient(timeout=60) as c:
         async def request():
-            async with c.stream("POST", url + "/v1/completions", json=body) as r:
+            async with c.stream("POST", url + path, json=body) as r:
                 async for _ in r.aiter_bytes():
                     pass
                 return r.status_code
@@ -289,14 +298,16 @@ async def _health_while(url: str, body: dict, seconds: float) -> tuple[float, in
     return worst, status
 
 
-@settings(max_examples=14, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=request_bodies)
-def test_no_request_moves_health_past_the_bound(server, body):
-    """Hypothesis over n, prompts (to 64 KB), max_tokens, logprobs, echo, context and stream, at
-    the default limits: whatever comes back (200, a 400 for too big, 429), /health answers within
-    0.5 s while it runs."""
-    worst, status = asyncio.run(_health_while(server.url, body, 2.5))
-    assert status in (0, 200, 400, 429) and worst < HEALTH_BOUND, (status, worst)
+@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
+@given(request=request_bodies)
+def test_no_request_moves_health_past_the_bound(server, request):
+    """Hypothesis over completions and chat: n, prompts (strings to 64 KB, control and non-ASCII
+    bytes, token ids), max_tokens, logprobs, top_logprobs, echo, context and stream, at the default
+    limits: whatever comes back (200, a 400 for too big, 429), /health answers within 0.5 s while
+    it runs (to its end, or 8 s)."""
+    path, body = request
+    worst, status = asyncio.run(_health_while(server.url, path, body, 8))
+    assert status in (0, 200, 400, 413, 429) and worst < HEALTH_BOUND, (status, worst)
     deadline = time.monotonic() + 10  # the client left: its rows go before the next example
     while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -205,3 +205,28 @@ def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
     texts = [m["content"] if isinstance(m["content"], str) else "" if m["content"] is None  # (an assistant's null)
              else "".join(p["text"] for p in m["content"]) for m in messages]
     assert req.prompts == ("\n\n".join(texts),)
+
+
+@settings(max_examples=60, deadline=None)
+@given(chat=st.booleans(), k=st.integers(0, 20), n=st.integers(1, 3), m=st.integers(0, 3000),
+       text=st.binary(min_size=0, max_size=3000))
+def test_the_answer_estimate_bounds_the_longest_answer(chat, k, n, m, text):
+    """answer_bytes against the encoder itself, on the longest values an answer can hold: every
+    byte a control byte or an invalid one (JSON's \\u00XX, U+FFFD), entries of non-ASCII bytes with
+    the longest floats and distinct alternatives, a six-digit offset, the eos entry; whole (in
+    pieces) and as the stream's chunks' logprobs."""
+    from micromixer_edge.runtime.logprobs import Entry
+    from micromixer_edge.serve.answer import CHAT, TEXT, answer_bytes, dumps, pieces
+    shape, k = (CHAT, k) if chat else (TEXT, min(k, 5))
+    body = (bytes(b % 32 for b in text) + text)[:m].decode("utf-8", "replace")  # (m bytes at most)
+    worst = -1.2345678901234567e-300
+    entries = [Entry(0x80 + i % 128, worst, tuple((0x80 + (i + j) % 128, worst) for j in range(k + 1)), 999_999)
+               for i in range(m + 1)]  # m bytes and eos
+    choice = shape.whole(0, body, "length", shape.logprobs(entries, k))
+    doc = {"id": "chatcmpl-" + "f" * 24, "object": shape.whole_object, "created": 1_800_000_000,
+           "model": "micromixer-1m-int8-quantized-for-a-board", "choices": [choice] * n,
+           "usage": {"prompt_tokens": 99999, "completion_tokens": 99999, "total_tokens": 199998,
+                     "prompt_tokens_details": {"cached_tokens": 99999}}}
+    whole = "".join(pieces(doc))
+    assert json.loads(whole) == json.loads(dumps(doc))
+    assert len(whole.encode()) <= answer_bytes("chat" if chat else "text", [1], n, m, k, False, False)

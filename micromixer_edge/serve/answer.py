@@ -42,7 +42,8 @@ def _default(value):
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-dumps = functools.partial(json.dumps, default=_default, ensure_ascii=False, separators=(",", ":"))
+# (allow_nan=False as Starlette's JSONResponse: a NaN is a 500, never invalid JSON)
+dumps = functools.partial(json.dumps, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def pieces(value) -> Iterator[str]:

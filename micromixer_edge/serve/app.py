@@ -67,8 +67,11 @@ async def _pump(index: int, job, merged: asyncio.Queue) -> None:
             entries += item[2]
             more = len(entries) < BLOCK and not job.out.empty()
             item = job.out.get_nowait() if more else None
-        if text or entries:
-            merged.put_nowait((index, ("piece", "".join(text), entries)))
+        # at most BLOCK entries a chunk (the echo of a long prompt comes as one item): the text
+        # goes with the first, the rest of its entries follow in chunks of their own
+        starts = range(0, max(len(entries), 1), BLOCK) if text or entries else ()
+        for at in starts:
+            merged.put_nowait((index, ("piece", "".join(text) if at == 0 else "", entries[at:at + BLOCK])))
         if item is not None:
             merged.put_nowait((index, item))
             return
@@ -330,8 +333,8 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
     async def lifespan(app):
         server.loop.start()
         yield
+        server.template.close()  # (first: a render in flight ends now)
         server.loop.stop()
-        server.template.close()
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         messages = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
