@@ -45,7 +45,7 @@ def ttfb(url: str, prompt: str, mode: str) -> tuple[float, int]:
 
 def serve(model: str, *flags: str):
     proc = subprocess.Popen([sys.executable, "-m", "micromixer_edge.serve.cli", model, "--port", "0",
-                             "--max-prompt-bytes", "200000", *flags], stdout=subprocess.PIPE, text=True)
+                             "--max-prompt-bytes", "200000", "--no-access-log", *flags], stdout=subprocess.PIPE, text=True)
     url = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline()).group(0)
     return proc, url
 

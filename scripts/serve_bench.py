@@ -97,7 +97,7 @@ def raw_ratio(model: str, reps: int = 15) -> float:
 
 
 def bench(model: str, n: int, cycles: int, seconds: float) -> None:
-    proc = subprocess.Popen([sys.executable, *SERVER, model, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, *SERVER, model, "--port", "0", "--no-access-log"],
                             stdout=subprocess.PIPE, text=True)
     url = re.search(r"http://\S+", proc.stdout.readline()).group(0)
     try:

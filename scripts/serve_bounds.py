@@ -72,7 +72,8 @@ def case(name, url, pid, fn):
 
 
 def main(model, *flags):
-    proc = subprocess.Popen([sys.executable, "-m", "micromixer_edge.serve.cli", model, "--port", "0", *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "micromixer_edge.serve.cli", model, "--port", "0",
+                             "--no-access-log", *flags],
                             stdout=subprocess.PIPE, text=True)
     url = re.search(r"http://\S+", proc.stdout.readline()).group(0)
     post = lambda path, body: httpx.post(url + path, json=body, timeout=300)  # noqa: E731

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -22,6 +23,8 @@ class Served:
             self.proc.kill()
             pytest.fail(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
         self.url, self.port = match.group(0), int(match.group(1))
+        self.log: list[str] = []  # what it prints after that: the access log (read, or the pipe would fill)
+        threading.Thread(target=lambda: self.log.extend(self.proc.stdout), daemon=True).start()
         openai = pytest.importorskip("openai")
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", timeout=60, max_retries=0)
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import onnx
@@ -154,3 +155,53 @@ def test_runs_without_torch(export_file, tmp_path):
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == golden_greedy("100k")["continuations"][0]["new_text"][:40] + "\n"
+
+
+def _pty_session(cmd, script, timeout=60):
+    """Run cmd on a pseudo-terminal; `script` is (text to wait for, keys to send) steps. Returns
+    everything the terminal showed and the exit status."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(cmd[0], cmd)
+    seen, end, start = b"", time.monotonic() + timeout, 0
+    try:
+        for want, keys in script:  # each `want` is looked for after the previous one
+            while want.encode() not in seen[start:] and time.monotonic() < end:
+                if select.select([fd], [], [], 0.1)[0]:
+                    seen += os.read(fd, 65536)
+            assert want.encode() in seen[start:], (want, seen.decode(errors="replace")[-800:])
+            start = seen.index(want.encode(), start) + len(want)
+            os.write(fd, keys.encode())
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_interactive_mode_on_a_terminal(export_file):
+    """Ctrl-C stops the story being written and the session goes on; an empty line goes on with
+    the last story from its last words; after a story ended, an empty line says so; Ctrl-D quits
+    with a newline and status 0."""
+    model = str(export_file("brief_100k_model"))
+    cmd = [sys.executable, "-m", "micromixer_edge.runtime.cli", model, "-n", "100000", "--ignore-eos"]
+    shown, code = _pty_session(cmd, [
+        ("Ctrl-D quits", "Once upon a time\r"),   # a story that runs on (no end-of-story)
+        ("Once upon a time\r\nOnce upon a time", ""), (" ", "\x03"),  # Ctrl-C while it is written
+        ("[stopped]", ""), ("> ", "\r"),          # an empty line goes on with it
+        ("...", "\x03"), ("[stopped]", ""), ("> ", "\x04")])  # Ctrl-D
+    assert code == 0, shown[-500:]
+    assert shown.count("[stopped]") == 2 and shown.endswith("\n") and "Traceback" not in shown
+    ended = [sys.executable, "-m", "micromixer_edge.runtime.cli", model, "-n", "5", "--logit-bias", "2:100"]
+    shown, code = _pty_session(ended, [("Ctrl-D quits", "Lily\r"), ("[the end]", ""), ("> ", "\r"),
+                                       ("that story ended", "\x04")])
+    assert code == 0

@@ -311,3 +311,60 @@ def test_no_request_moves_health_past_the_bound(server, request):
     deadline = time.monotonic() + 10  # the client left: its rows go before the next example
     while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_clients_that_never_read_are_dropped_and_give_their_share_back(bundled):
+    """Connections that ask for big answers and never read them: once their write buffers are full,
+    each is dropped after --timeout-seconds, their rows leave and their share of
+    --answers-in-flight-mb comes back (it was held for good)."""
+    import socket
+    s = Served(bundled["int8"], "--timeout-seconds", "1", "--answers-in-flight-mb", "13", "--max-answer-mb", "13")
+    big = {"messages": [{"role": "user", "content": "Hi"}], "n": 2, "max_tokens": 4096, "logprobs": True,
+           "top_logprobs": 20}  # 12.4 MB: it fits only once both non-readers (6.2 MB each) are gone
+    body = json.dumps({"messages": [{"role": "user", "content": "\u0001"}], "max_tokens": 4096,
+                       "ignore_eos": True, "logprobs": True, "top_logprobs": 20}).encode()
+    socks = []
+    try:
+        for stream in (False, True):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            c.connect(("127.0.0.1", s.port))
+            data = body[:-1] + (b', "stream": true}' if stream else b"}")
+            c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+            socks.append(c)
+        time.sleep(0.5)
+        busy = httpx.post(s.url + "/v1/chat/completions", timeout=30, json=big)
+        assert busy.status_code == 429 and busy.json()["error"]["message"].startswith("the server is busy")
+        deadline, ok = time.monotonic() + 30, None
+        while time.monotonic() < deadline and (ok is None or ok.status_code != 200):
+            time.sleep(0.5)
+            ok = httpx.post(s.url + "/v1/chat/completions", timeout=60, json=big)
+        assert ok.status_code == 200
+        print(f"the non-readers' share was given back within {30 - (deadline - time.monotonic()):.1f} s")
+        while httpx.get(s.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(s.url + "/health").json()["active_rows"] == 0
+    finally:
+        for c in socks:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_the_access_log_says_what_each_request_cost_and_never_its_text(bundled):
+    s = Served(bundled["int8"])
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "Secret words", "max_tokens": 7,
+                                                        "ignore_eos": True}, timeout=30)
+        assert r.status_code == 200
+        httpx.post(s.url + "/v1/completions", json={"prompt": 5}, timeout=30)
+        httpx.get(s.url + "/health")
+    finally:
+        assert s.stop() == 0
+    time.sleep(0.2)
+    log = "".join(s.log)
+    import re
+    assert re.search(r"^127\.0\.0\.1 POST /v1/completions 200 \d+ B [\d.]+ ms prompt 13 B generated 7 B$", log, re.M), log
+    assert re.search(r"^127\.0\.0\.1 POST /v1/completions 400 \d+ B [\d.]+ ms$", log, re.M)
+    assert re.search(r"^127\.0\.0\.1 GET /health 200 ", log, re.M)
+    assert "Secret" not in log and log.rstrip().endswith("mixer-serve: stopped")

@@ -137,10 +137,14 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
 
 
 def _generate_once(model, prompt, options, echo, show_stats, state=None, save_state=None):
-    """One prompt (or a resumed state, plus the prompt's bytes); optionally save the state after."""
+    """One prompt (or a resumed state, plus the prompt's bytes); optionally save the state after.
+    A resumed story prints the text it adds (the prompt, then what is generated): its earlier text
+    is in the state, not repeated, which stderr says."""
     from .engine import Engine, GenerationStats
     from ..codec import utf8
-    if echo:
+    if state is not None:
+        click.echo("(going on from the saved state: its earlier text is not repeated; new text follows)", err=True)
+    if echo or state is not None:
         sys.stdout.write(prompt)
     st, engine = GenerationStats(), Engine(model)
     if state is not None:
@@ -159,26 +163,50 @@ def _generate_once(model, prompt, options, echo, show_stats, state=None, save_st
 
 
 def _interactive(model, options, show_stats):
-    """Each line is a new prompt; an empty line continues the previous text."""
-    from .generate import GenerationStats, stream
-    click.echo("interactive: type a prompt and Enter; an empty line continues; Ctrl-D quits", err=True)
-    text = ""
+    """A line starts a new story (printed from its prompt on); an empty line goes on with the last
+    one (its last words shown, then the new text); Ctrl-C stops the story being written, Ctrl-D
+    quits."""
+    click.echo("interactive: type a prompt and Enter to start a story; an empty line goes on with "
+               "the last one; Ctrl-C stops a story; Ctrl-D quits", err=True)
+    text, ended = "", False
     while True:
         try:
             line = input("> ")
         except EOFError:
+            sys.stdout.write("\n")
             return
-        text = text if not line else line
-        if not text:
+        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell does
+            sys.stdout.write("\n")
             continue
-        st = GenerationStats()
-        for piece in stream(model, text, options, st):
+        if line:
+            text, ended = line, False
+            sys.stdout.write(text)
+        elif not text or ended:
+            click.echo("(that story ended: type a new prompt)" if text else "(type a prompt first)", err=True)
+            continue
+        else:
+            sys.stdout.write("..." + text[-60:].rsplit("\n", 1)[-1])  # where the new text goes on
+        text, ended = _tell(model, text, options, show_stats)
+
+
+def _tell(model, text: str, options, show_stats) -> tuple[str, bool]:
+    """Write the story's continuation as it comes; (the text now, whether the story ended)."""
+    from .engine import Engine, GenerationStats
+    st, engine, row = GenerationStats(), Engine(model), None
+    try:
+        row = engine.add(text, options, st)
+        for _, piece in engine.run():
             sys.stdout.write(piece)
             sys.stdout.flush()
             text += piece
-        sys.stdout.write("\n")
-        if show_stats:
-            click.echo(_stats_line(st), err=True)
+    except KeyboardInterrupt:
+        sys.stdout.write(" [stopped]")
+    ended = row is not None and row.finish_reason == "stop" and not row.text.stopped  # eos, not a --stop string
+    sys.stdout.write("\n" + ("[the end]\n" if ended else ""))
+    sys.stdout.flush()
+    if show_stats:
+        click.echo(_stats_line(st), err=True)
+    return text, ended
 
 
 @click.command(context_settings=CONTEXT)

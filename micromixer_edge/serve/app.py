@@ -168,7 +168,7 @@ class Service:
             return error(503, "the server is shutting down" if self.loop.dead is None else "the server failed")
         cid, created = f"{shape.id_prefix}{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
-            return StreamingResponse(self._events(shape, req, jobs, cid, created),
+            return StreamingResponse(self._events(shape, req, jobs, cid, created, request.scope["state"]),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             return await self._whole(shape, req, request, jobs, cid, created)
@@ -197,15 +197,16 @@ class Service:
                     return error(status, message.format(err), code=code)
                 choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[reason],
                                            shape.logprobs(entries, k)))
+            usage = request.scope["state"][USAGE] = _total([r.result()[3] for r in results])
             doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
-                   "choices": choices, "usage": _total([r.result()[3] for r in results])}
+                   "choices": choices, "usage": usage}
             return StreamingResponse(paced(doc), media_type="application/json")  # in pieces: the loop stays free
         finally:
             gone.cancel()
             for r in results:
                 r.cancel()
 
-    async def _events(self, shape: "Shape", req, jobs, cid: str, created: int):
+    async def _events(self, shape: "Shape", req, jobs, cid: str, created: int, state: dict):
         """Server-sent events: chunks of each choice's text as it comes (index = the choice; with
         echo, its first chunk begins with the prompt), a chunk with each choice's finish_reason,
         the usage chunk if asked, then [DONE]. A choice cut short (an error, shutdown) ends the
@@ -236,6 +237,7 @@ class Service:
                     return
                 yield self.chunk(shape, cid, created, index, echo, FINISH[reason], first=first[index])
                 usages.append(usage)
+                state[USAGE] = _total(usages)  # (the access log's counts)
             if req.include_usage:
                 yield self.chunk(shape, cid, created, None, usage=_total(usages))
             yield "data: [DONE]\n\n"
@@ -314,6 +316,38 @@ ROUTES = (("POST", "/v1/completions", "completions"),
           ("GET", "/", "playground"))
 
 
+USAGE = "micromixer.usage"  # a request's usage, for the access log (its scope["state"])
+
+
+class AccessLog:
+    """ASGI middleware: one line per request on stdout when its response has gone out: client,
+    method, path, status, body bytes sent, time, and for completions the prompt and generated
+    byte counts. Never a prompt, a text or a key."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, sent = time.perf_counter(), {"status": 0, "bytes": 0}
+
+        async def counting(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+            await send(message)
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            usage = scope.get("state", {}).get(USAGE)
+            tokens = f" prompt {usage['prompt_tokens']} B generated {usage['completion_tokens']} B" if usage else ""
+            client = (scope.get("client") or ("-",))[0]
+            print(f"{client} {scope['method']} {scope['path']} {sent['status'] or '-'} {sent['bytes']} B "
+                  f"{(time.perf_counter() - t0) * 1000:.1f} ms{tokens}", flush=True)
+
+
 class JSONCORSMiddleware(CORSMiddleware):
     """Starlette's CORS, its refused preflight (400) in JSON like every other error."""
 
@@ -345,7 +379,7 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
 
     routes = [Route(path, getattr(server, name), methods=[method]) for method, path, name in ROUTES]
     key = read_api_key(settings.api_key, settings.api_key_file)
-    middleware = [Middleware(ReleaseAnswers, budget=server.answers)]
+    middleware = ([Middleware(AccessLog)] if settings.access_log else []) + [Middleware(ReleaseAnswers, budget=server.answers)]
     middleware += [Middleware(JSONCORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                               allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)
                    for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]

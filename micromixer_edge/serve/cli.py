@@ -30,6 +30,9 @@ DEATH_GRACE_SECONDS = 1.0  # a dead decode loop: 503s (and /health's reason) thi
 def _flag(f: dataclasses.Field):
     """One click option per Settings field: its type, default, lower bound and help."""
     low, high = f.metadata["min"], f.metadata["max"]
+    if isinstance(f.default, bool):
+        name = f.name.replace("_", "-")
+        return click.option(f"--{name}/--no-{name}", default=f.default, show_default=True, help=f.metadata["help"])
     kind = {int: click.IntRange(low, high), float: click.FloatRange(low, high)}.get(type(f.default), str)
     return click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                         show_default=f.default not in (None, ""), help=f.metadata["help"])
@@ -63,9 +66,12 @@ def run(settings: Settings) -> None:
     server = UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         http=guarded_protocol(settings.timeout_seconds, settings.max_connections),
-        timeout_keep_alive=settings.timeout_seconds, timeout_graceful_shutdown=settings.shutdown_seconds))
+        timeout_keep_alive=settings.timeout_seconds, timeout_graceful_shutdown=0.8 * settings.shutdown_seconds))
+    server.shutdown_seconds = settings.shutdown_seconds
     server.decode_loop = app.state.server.loop
     server.run()  # uvicorn picks uvloop when installed
+    if server.started and not died:
+        click.echo("mixer-serve: stopped")
     if died:
         click.echo(f"error: the decode loop died ({server.decode_loop.dead}); exiting", err=True)
         raise SystemExit(EXIT_ERROR)
@@ -77,8 +83,12 @@ class UvicornServer(uvicorn.Server):
     """Prints its address when ready; on SIGTERM/SIGINT ends the rows in flight (each stream gets
     its final event and [DONE]) and then lets uvicorn shut down gracefully."""
 
+    shutdown_seconds = 5.0
+
     def handle_exit(self, sig, frame):
         self.decode_loop.end_all()
+        if not self.should_exit:  # whatever is still running then (a stalled write, a fold), the process ends
+            threading.Timer(self.shutdown_seconds, _exit_now, (0,)).start()
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None):
@@ -95,13 +105,16 @@ class UvicornServer(uvicorn.Server):
             sys.stdout.flush()
 
 
-def main():
-    code = run_cli(serve_command)
+def _exit_now(code: int) -> None:
+    """Exit without waiting for the worker threads (a long prompt folding on the prefill thread, a
+    chat template's render): SIGTERM must end the server within --shutdown-seconds."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # not sys.exit: it would wait for the worker threads (a long prompt folding on the prefill
-    # thread, a chat template's render), and SIGTERM must end the server within --shutdown-seconds
     os._exit(code)
+
+
+def main():
+    _exit_now(run_cli(serve_command))
 
 
 if __name__ == "__main__":

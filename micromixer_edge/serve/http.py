@@ -9,6 +9,9 @@
   the limit gets a JSON 503 and is closed at once.
 - A request's head (request line and headers) is at most MAX_HEAD_BYTES: httptools buffers any
   amount (a stream of header lines took 1 GB here); past it, a JSON 431 and the connection closes.
+- A client must read what it is sent: once the connection's write buffer is full, if it does not
+  drain within `timeout_seconds`, the connection is dropped (uvicorn waits for ever). A client that
+  never read its answers held their rows and their share of --answers-in-flight-mb for good.
 Any byte that arrives starts the request clock, so bytes that never make a request (blank lines
 between keep-alive requests, the rest of a body the app did not read) cannot hold a connection.
 uvicorn's own answer to malformed HTTP is JSON here too.
@@ -43,7 +46,19 @@ def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpT
 
     class GuardedProtocol(HttpToolsProtocol):
         _timer = None
+        _stall = None  # armed while writing is paused (the client is not reading)
         _head = 0     # bytes of the request head so far (None: the head is complete)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = self.loop.call_later(timeout_seconds, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -84,6 +99,9 @@ def guarded_protocol(timeout_seconds: float, max_connections: int) -> type[HttpT
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:
