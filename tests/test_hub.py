@@ -43,3 +43,19 @@ def test_from_hub_without_network_is_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot fetch someone/not-cached/model.pt")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_from_hub_offline_fails_fast(tmp_path):
+    """Without a network (this machine reaches package registries only) and without a cached copy,
+    the one-line error comes within seconds, not after the hub library's retries (25 s before)."""
+    import time
+    (tmp_path / "cache").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "micromixer_edge.export", "--size", "300k", "--from-hub", "-o",
+                           str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                          env={**env, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1"})
+    took = time.perf_counter() - t0
+    print(f"offline --from-hub: {took:.1f} s: {proc.stderr.strip()}")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and took < 12
+    assert "not cached, and the hub did not answer" in proc.stderr

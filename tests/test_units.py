@@ -230,3 +230,12 @@ def test_the_answer_estimate_bounds_the_longest_answer(chat, k, n, m, text):
     whole = "".join(pieces(doc))
     assert json.loads(whole) == json.loads(dumps(doc))
     assert len(whole.encode()) <= answer_bytes("chat" if chat else "text", [1], n, m, k, False, False)
+
+
+def test_a_completion_without_a_prompt_says_it_is_required():
+    pytest.importorskip("jinja2")  # (the serve extra's)
+    from micromixer_edge.serve.fields import parse_completion
+    from micromixer_edge.serve.settings import Settings
+    with pytest.raises(BadRequest) as e:
+        parse_completion(b'{"max_tokens": 5}', Settings(model="m"))
+    assert str(e.value).startswith("prompt is required") and e.value.param == "prompt"

@@ -38,12 +38,13 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
     from .measure import NEW_TOKENS, Stat, bench_model, reference_tokens_per_s
     results = [bench_model(p, threads, repeats) for p in model_paths]
     refs = {}
-    if reference:  # as a user runs the original (torch's default threads), and at 1 thread
-        for name, th in (("reference", None), ("reference_1t", 1)):
-            refs[name] = Stat.of([reference_tokens_per_s(reference, threads=th) for _ in range(max(1, repeats // 2))])
+    if reference:  # the original at the same thread counts as the runner: 1, and --threads
+        for th in sorted({1, threads}):
+            refs[f"reference_{th}t"] = Stat.of([reference_tokens_per_s(reference, threads=th)
+                                               for _ in range(max(1, repeats // 2))])
         for r in results:
-            for name, ref in refs.items():
-                r[f"speedup_vs_{name}"] = r["decode_tokens_per_s_1t"].median / ref.median
+            for th in sorted({1, threads}):
+                r[f"speedup_vs_reference_{th}t"] = r[f"decode_tokens_per_s_{th}t"].median / refs[f"reference_{th}t"].median
     env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
            "python": platform.python_version(), "new_tokens": NEW_TOKENS}
@@ -55,13 +56,14 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
         return
     click.echo(" | ".join(f"{k}: {v}" for k, v in env.items()))
     for name, ref in refs.items():
-        threads_used = "1 torch thread" if name.endswith("1t") else "torch's default threads"
-        click.echo(f"{name}: original PyTorch generate on {reference}, {threads_used}: {ref} tokens/s")
+        click.echo(f"{name}: original PyTorch generate on {reference}, torch and onnxruntime both at "
+                   f"{name.split('_')[1][:-1]} thread(s): {ref} tokens/s")
     keys = [k for k in results[0] if k != "model"]
-    click.echo(f"{'':<26}" + "".join(f"{Path(r['model']).name:>34}" for r in results))
+    width = max(map(len, keys)) + 2  # (the longest name, decode_3000_tokens_per_s_2t, set the columns apart)
+    click.echo(f"{'':<{width}}" + "".join(f"{Path(r['model']).name:>34}" for r in results))
     for k in keys:
         cells = [f"{v:,.2f}" if isinstance(v, float) else str(v) for v in (r.get(k) for r in results)]
-        click.echo(f"{k:<26}" + "".join(f"{c:>34}" for c in cells))
+        click.echo(f"{k:<{width}}" + "".join(f"{c:>34}" for c in cells))
     click.echo("median [min-max] over repeats; tokens/s are bytes/s")
 
 

@@ -26,13 +26,37 @@ def from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
         raise CheckpointError("--from-hub needs huggingface_hub: pip install 'micromixer-edge[hub]'") from None
+    offline = not _hub_reachable()  # (the hub library retries for ~25 s before it says so)
     try:
-        return Path(hf_hub_download(repo_id, HUB_FILENAME, cache_dir=cache_dir))
+        return Path(hf_hub_download(repo_id, HUB_FILENAME, cache_dir=cache_dir, local_files_only=offline))
     except LocalEntryNotFoundError as e:
-        raise CheckpointError(f"cannot fetch {repo_id}/{HUB_FILENAME}: not cached and the hub is "
-                              f"unreachable or offline ({_first_line(e)})") from None
+        why = "the hub did not answer (no network, or HF_HUB_OFFLINE=1)" if offline else _first_line(e)
+        raise CheckpointError(f"cannot fetch {repo_id}/{HUB_FILENAME}: not cached, and {why}") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot fetch {repo_id}/{HUB_FILENAME}: {_first_line(e)}") from None
+
+
+def _hub_reachable(seconds: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `seconds` (name lookup included, on a
+    thread of its own: getaddrinfo has no timeout). HF_HUB_OFFLINE=1 says no without asking."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=seconds).close()
+            ok.append(True)
+        except OSError:
+            pass
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(ok)
 
 
 def _first_line(e: Exception) -> str:

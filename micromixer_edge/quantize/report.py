@@ -60,7 +60,8 @@ class QuantReport:
                   f"invariance          max abs logit diff, a row in a batch vs alone: {self.quant_invariance[0]:.2g} "
                   f"(float {self.float_invariance[0]:.2g}); one call vs chunks vs byte by byte: "
                   f"{self.quant_invariance[1]:.2g} (float {self.float_invariance[1]:.2g})",
-                  f"greedy agreement    {self.greedy_identical:.0%} of {self.greedy_prompts} prompts identical "
+                  f"greedy agreement    {round(self.greedy_identical * self.greedy_prompts)} of {self.greedy_prompts} "
+                  f"prompts identical "
                   f"over {self.greedy_tokens} bytes; {self.greedy_prefix_agreement:.1%} agree before divergence"]
         return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 import threading
@@ -24,6 +25,11 @@ from .settings import Settings
 # whole 5 ms; at 0.5 ms the loop's writes get in between steps (scripts/serve_bench.py: three of
 # four A/B pairs favour it at 32 clients, docs/performance.md).
 SWITCH_SECONDS = 0.0005
+# Answers in flight hold up to a million small objects (logprob entries); CPython's default GC
+# thresholds (700, 10, 10) walk them all in frequent full collections, each a pause of the event
+# loop: 10 whole answers of 4,096 bytes x 20 alternatives kept /health at 313-414 ms, 144-208 ms
+# with these (docs/performance.md). What is loaded at start is frozen out of the collections.
+GC_THRESHOLDS = (50_000, 20, 100)
 DEATH_GRACE_SECONDS = 1.0  # a dead decode loop: 503s (and /health's reason) this long, then exit 1
 
 
@@ -63,6 +69,9 @@ def run(settings: Settings) -> None:
         died.append(True)  # (it answers 503 for DEATH_GRACE_SECONDS first: /health says why)
         threading.Timer(DEATH_GRACE_SECONDS, setattr, (server, "should_exit", True)).start()
     app = create_app(settings, on_death)  # loads the model: a bad file fails here, before binding
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     server = UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         http=guarded_protocol(settings.timeout_seconds, settings.max_connections),

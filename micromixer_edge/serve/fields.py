@@ -164,6 +164,9 @@ def _prompts(prompt) -> list[str | bytes]:
         return [bytes(prompt)]
     if isinstance(prompt, list) and prompt and all(ids(p) for p in prompt):
         return [bytes(p) for p in prompt]
+    if prompt is None:
+        raise BadRequest(400, "prompt is required: a string, a list of strings, a list of token ids (0-255) "
+                              "or a list of such lists", "prompt")
     raise BadRequest(400, "prompt must be a string, a list of strings, a list of token ids (0-255) or a "
                           "list of such lists", "prompt")
 
