@@ -2,7 +2,9 @@
 depend on its batch neighbours or on how its sequence is cut into calls; it stays near-lossless
 and small. The truth each test holds a scheme to: the same model run another way (alone, in one
 call, byte by byte), and the float export."""
+import json
 import math
+import os
 
 import numpy as np
 import onnx
@@ -192,10 +194,10 @@ def test_where_u8s8_would_clip_onnxruntime_runs_exact_u8u8_with_the_same_logits(
     weights to uint8 for its exact U8U8 kernels. Forced on here: the weights are rewritten, and
     the logits are those of the exact int8 kernels of this CPU (VNNI or AMX), bit for bit."""
     import onnxruntime as ort
-    from micromixer_edge.runtime.cpu import cpu_flags
+    from micromixer_edge.runtime.cpu import cpuid_features
     from micromixer_edge.runtime.model import session_options
-    if not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        pytest.skip("the reference needs a CPU whose U8S8 kernel is exact (VNNI or AMX)")
+    if not cpuid_features().get("AVX512VNNI"):
+        pytest.skip("the reference needs a CPU whose U8S8 kernel is exact (AVX-512 VNNI)")
     ids = np.array([[1, *b"Once upon a time, there was a little girl named Lily. She"]])
     feeds = {fmt.INPUT_IDS: ids, fmt.POSITION: np.zeros(1, np.int64), fmt.STATE: np.zeros((3, 1, 224), np.float32)}
     out = {}
@@ -210,3 +212,45 @@ def test_where_u8s8_would_clip_onnxruntime_runs_exact_u8u8_with_the_same_logits(
         want = onnx.TensorProto.UINT8 if precise else onnx.TensorProto.INT8
         assert {types[n.input[1]] for n in g.node if n.op_type == "MatMulIntegerToFloat"} == {want}
     np.testing.assert_array_equal(out[True][0], out[False][0])
+
+
+HASWELL = """
+import json, sys
+import numpy as np
+from micromixer_edge.runtime.cpu import cpuid_features, x86_u8s8_saturates
+from micromixer_edge.runtime.model import MixerModel
+f = cpuid_features()
+model = MixerModel(sys.argv[1])
+ids = np.array([[1, *sys.argv[2].encode()]])
+np.save(sys.argv[3], model.prefill(ids)[0])
+print(json.dumps({"avx2": f.get("AVX2"), "vnni": f.get("AVX512VNNI"), "exact_kernels": x86_u8s8_saturates()}))
+"""
+
+
+def test_an_avx2_only_cpu_gets_the_exact_kernels_and_the_same_logits(bundled, tmp_path):
+    """Under qemu-x86_64 -cpu Haswell (AVX2, no VNNI; qemu-user passes the host's /proc/cpuinfo
+    through, VNNI included) the runtime reads CPUID and takes the exact U8U8 kernels: the default
+    int8's logits equal this CPU's bit for bit. Read from /proc/cpuinfo (before), it did not, and
+    they differed by up to 1.45 (reproduced here by forcing the option off)."""
+    import shutil
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from micromixer_edge.runtime.cpu import cpuid_features
+    if not cpuid_features().get("AVX2"):
+        pytest.skip("qemu's Haswell model runs only where the host has AVX2 (TCG emulates the rest)")
+    if shutil.which("qemu-x86_64-static") is None:  # (scripts/arm-setup.sh installs qemu-user-static)
+        subprocess.run(["bash", str(ROOT / "scripts" / "arm-setup.sh")], check=True, capture_output=True)
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the"
+    model = MixerModel(bundled["int8"])
+    native = model.prefill(np.array([[1, *prompt.encode()]]))[0]
+    proc = subprocess.run(["qemu-x86_64-static", "-cpu", "Haswell", sys.executable, "-c", HASWELL, str(bundled["int8"]),
+                           prompt, str(tmp_path / "haswell.npy")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"avx2": True, "vnni": False, "exact_kernels": True}
+    emulated = np.load(tmp_path / "haswell.npy")
+    print(f"Haswell (emulated) vs this CPU: max |logit diff| {np.abs(emulated - native).max():.3g} over {native.shape[1]} positions")
+    np.testing.assert_array_equal(emulated, native)
+

@@ -27,12 +27,23 @@ def cpu_name() -> str:
                 platform.processor() or platform.machine())
 
 
+def cpuid_features() -> dict[str, bool]:
+    """What the CPU itself reports (CPUID), as numpy reads it at import: {} where numpy does not
+    say. Not /proc/cpuinfo: an emulator (qemu-user) passes the host's through, while CPUID is the
+    emulated CPU's, as onnxruntime's own dispatch reads it."""
+    import numpy as np
+    core = getattr(np, "_core", None) or getattr(np, "core", None)  # (numpy 2 / numpy 1)
+    return dict(getattr(getattr(core, "_multiarray_umath", None), "__cpu_features__", {}) or {})
+
+
 def x86_u8s8_saturates() -> bool:
     """On x86 without an int8 dot product (AVX2 or AVX-512 without VNNI, no AMX), MLAS's U8S8
     kernel adds pairs of uint8 x int8 products in a saturating int16 (vpmaddubsw): with activation
     codes near 127 and weights up to 127, 2-8 % of the int8 model's MatMul outputs clip. Where this
-    holds, onnxruntime's `session.x64quantprecision` makes it use exact U8U8 kernels instead."""
+    holds, onnxruntime's `session.x64quantprecision` makes it use exact U8U8 kernels instead.
+    Decided from CPUID (numpy's reading): VNNI is AVX512VNNI there. numpy does not list AVX-VNNI
+    (the VEX form) or AMX: such CPUs without AVX512VNNI get the exact kernels too (slower, the
+    same logits), as does any x86 whose features numpy cannot tell."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         return False
-    flags = cpu_flags()
-    return bool(flags) and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not cpuid_features().get("AVX512VNNI", False)
