@@ -148,24 +148,28 @@ def test_int8_rows_in_a_batch_equal_alone(bundled):
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 @pytest.mark.parametrize("sampling", [["-t", "0"], ["--seed", "9", "--repetition-penalty", "1.2"]])
 def test_cli_save_then_load_prints_one_runs_bytes(export_file, tmp_path, mode, sampling):
-    """mixer-run -n 70 --save-state, then --load-state -n 80: the two outputs make the one of
-    -n 150 (W = 64: both runs cross the boundary); the state file appears atomically."""
+    """mixer-run -n 70 --save-state, then --load-state -n 80 (without --seed: the saved generator
+    goes on): the two outputs make the one of -n 150 (W = 64: both runs cross the boundary); the
+    state file appears atomically. A resumed run prints the text it adds (-p's, then the new)."""
     import subprocess
     import sys
     model = str(export_file("brief_100k_model"))
     code = "from micromixer_edge.runtime.cli import main; main()"
 
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-c", code, model, "--context", mode, "--ignore-eos", *sampling, *args],
+    def run(*args, flags=sampling):
+        proc = subprocess.run([sys.executable, "-c", code, model, "--context", mode, "--ignore-eos", *flags, *args],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.removesuffix("\n")
     whole = run("-p", "The little dog", "-n", "150")
     first = run("-p", "The little dog", "-n", "70", "--save-state", str(tmp_path / "s.bin"))
     assert [p.name for p in tmp_path.iterdir()] == ["s.bin"]
-    second = run("--load-state", str(tmp_path / "s.bin"), "-n", "80")
+    going_on = sampling[2:] if sampling[0] == "--seed" else sampling
+    second = run("--load-state", str(tmp_path / "s.bin"), "-n", "80", flags=going_on)
     assert first + second == whole
-    more = run("--load-state", str(tmp_path / "s.bin"), "-p", " and the cat", "-n", "40")
+    more = run("--load-state", str(tmp_path / "s.bin"), "-p", " and the cat", "-n", "40", flags=going_on)
+    assert more.startswith(" and the cat")
+    more = more.removeprefix(" and the cat")
     m = MixerModel(model)
     if sampling[0] == "-t":  # greedy: the same as one prompt of all that text
         assert more == generate(m, "The little dog" + first + " and the cat",
@@ -175,3 +179,5 @@ def test_cli_save_then_load_prints_one_runs_bytes(export_file, tmp_path, mode, s
         row = engine.restore((tmp_path / "s.bin").read_bytes(), GenerateOptions.of(
             max_new_tokens=40, context=mode, ignore_eos=True, repetition_penalty=1.2), list(b" and the cat"))
         assert more == _texts(engine, [row])[0] and len(more.encode()) == 40
+        reseeded = [run("--load-state", str(tmp_path / "s.bin"), "-n", "60", "--seed", str(s)) for s in (1, 2, 1)]
+        assert reseeded[0] == reseeded[2] != reseeded[1]  # --seed starts the saved generator afresh

@@ -1,16 +1,15 @@
-"""The README's commands run as written, with real files, in order, from a copy of the layout the
-quickstart leaves (out/ with the exported and quantized 1m, ../shared beside the repository).
+"""The README's commands and its Python snippet run as written, with real files, in order, from a
+copy of the layout the quickstart leaves (.venv, out/ with the exported and quantized 1m,
+../shared beside the repository), and write nothing outside out/.
 
-Only their length is cut (the same commands, fewer stories, steps or repeats: LIGHTER), the hub
-download may fail offline in one line, mixer-pack is not let download aarch64 wheels (the emulated
-Pi tests do that), and mixer-serve is started on a free port, asked for /health and stopped."""
+Only their length is cut (fewer stories, steps or repeats: LIGHTER), the hub download may fail
+offline in one line, mixer-pack is not let download aarch64 wheels (the emulated Pi tests do),
+and mixer-serve is started on a free port, asked for /health and its key, and stopped."""
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -19,19 +18,22 @@ from conftest import ROOT, SHARED
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.slow
 
-# a README command's distinctive words -> what is added to it here, to keep the suite short
-LIGHTER = [("mixer-quantize out/micromixer-1m.onnx -o out/m-int8.onnx", " --limit 20"),
-           ("mixer-eval", " --limit 10"),
-           ("mixer-bench", " --repeats 1"),
-           ("mixer-train", " --steps 2 --eval-every 1 --eval-stories 3"),
-           ("--serve", " --no-deps")]
+# words of a README command -> what they become here, to keep the suite short
+LIGHTER = [("-o out/m-int8.onnx --text $D/valid.txt", "-o out/m-int8.onnx --text $D/valid.txt --limit 20"),
+           ("--context all", "--context all --limit 10"),
+           ("--reference", "--repeats 1 --reference"),
+           ("--steps 200", "--steps 2 --eval-every 1 --eval-stories 3"),
+           ("--serve", "--serve --no-deps")]
 
 
 def _commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Commands.*?```sh\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"## Commands.*?```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     lines = [line.split("  #")[0].strip() for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def _snippet() -> str:
+    return re.search(r"## Python\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +45,23 @@ def layout(bundled, tmp_path_factory):
     shutil.copy2(bundled["float"], repo / "out" / "micromixer-1m.onnx")
     shutil.copy2(bundled["int8"], repo / "out" / "micromixer-1m-int8.onnx")
     (repo / "micromixer_edge").symlink_to(ROOT / "micromixer_edge")
+    (repo / ".venv").symlink_to(ROOT / ".venv")
     (top / "shared").symlink_to(SHARED)
     return repo
 
 
 def test_the_readme_commands_run_as_written(layout):
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]}
-    env.pop("HF_HUB_OFFLINE", None)
-    ran = []
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # (the README's own first line activates the venv)
+    prelude, ran, lightened = [], [], set()
     for line in _commands():
-        if "=" in line.split()[0] and not line.startswith("mixer"):  # D=...: a variable for the rest
-            name, value = line.split()[0].split("=", 1)
-            env[name] = value
+        if line.startswith(". ") or re.match(r"^[A-Z]+=", line):  # the venv, D=...: for every line after
+            prelude.append(line)
             continue
-        line += "".join(more for words, more in LIGHTER if words in line)
+        for old, new in LIGHTER:
+            if old in line:
+                line, _ = line.replace(old, new), lightened.add(old)
+        line = "; ".join(prelude + [line])
         if "mixer-serve" in line:
             _serve(line, layout, env)
         else:
@@ -68,18 +73,20 @@ def test_the_readme_commands_run_as_written(layout):
                 assert proc.returncode == 0, (line, proc.stderr[-2000:])
             if "--load-state" in line:  # a resumed story shows where its new text starts
                 assert proc.stdout.startswith(" Then"), proc.stdout[:80]
-        ran.append(line.split()[0])
-    assert ran.count("mixer-run") == 4 and "mixer-serve" in " ".join(_commands())
+        ran.append(line.split("; ")[-1].split()[0])
+    assert ran.count("mixer-run") == 4 and ran[-1] == "mixer-serve"
+    assert lightened == {old for old, _ in LIGHTER}  # (each cut still meets its command)
+    assert sorted(p.name for p in layout.iterdir()) == [".venv", "micromixer_edge", "out"]  # nothing outside out/
+    proc = subprocess.run([str(layout / ".venv" / "bin" / "python"), "-c", _snippet()], cwd=layout, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the Python snippet, as written, after the commands
 
 
 def _serve(line: str, cwd, env) -> None:
     """`... ; mixer-serve ... --port 8080 ...` on a free port: it answers /health and the API with
     the key the line wrote, and stops on SIGTERM."""
-    before, _, serve = line.rpartition("; ")
-    if before:
-        subprocess.run(["bash", "-c", before], cwd=cwd, env=env, check=True, timeout=60)
-    args = shlex.split(serve.replace("--port 8080", "--port 0"))
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["bash", "-c", line.replace("--port 8080", "--port 0").replace("mixer-serve", "exec mixer-serve")],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = re.search(r"http://\S+", proc.stdout.readline()).group(0)
         key = (cwd / "out" / "key.txt").read_text().strip()

@@ -359,12 +359,16 @@ def test_the_access_log_says_what_each_request_cost_and_never_its_text(bundled):
         assert r.status_code == 200
         httpx.post(s.url + "/v1/completions", json={"prompt": 5}, timeout=30)
         httpx.get(s.url + "/health")
+        httpx.get(s.url + "/v1/x%0A10.0.0.1%20GET%20/fake%20200")  # a forged line: stays in one line, encoded
     finally:
         assert s.stop() == 0
     time.sleep(0.2)
     log = "".join(s.log)
     import re
-    assert re.search(r"^127\.0\.0\.1 POST /v1/completions 200 \d+ B [\d.]+ ms prompt 13 B generated 7 B$", log, re.M), log
+    assert re.search(r"^127\.0\.0\.1 POST /v1/completions 200 \d+ B [\d.]+ ms prompt_tokens 13 completion_tokens 7$",
+                     log, re.M), log  # (bos and 12 bytes)
+    assert re.search(r"^127\.0\.0\.1 GET /v1/x%0A10\.0\.0\.1%20GET%20/fake%20200 404 ", log, re.M)
+    assert not re.search(r"^10\.0\.0\.1", log, re.M)
     assert re.search(r"^127\.0\.0\.1 POST /v1/completions 400 \d+ B [\d.]+ ms$", log, re.M)
     assert re.search(r"^127\.0\.0\.1 GET /health 200 ", log, re.M)
     assert "Secret" not in log and log.rstrip().endswith("mixer-serve: stopped")

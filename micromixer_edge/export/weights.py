@@ -44,12 +44,15 @@ def _hub_reachable(seconds: float = 3.0) -> bool:
     from urllib.parse import urlparse
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # through a proxy: only the hub library's own request can tell
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
     ok = []
 
     def probe():
         try:
-            socket.create_connection((host, 443), timeout=seconds).close()
+            socket.create_connection(address, timeout=seconds).close()
             ok.append(True)
         except OSError:
             pass

@@ -81,7 +81,8 @@ def _stats_line(stats) -> str:
 @click.option("--logit-bias", "logit_bias", multiple=True, metavar="BYTE:BIAS",
               help="Add BIAS (-100 to 100) to byte BYTE's logit, e.g. 10:-100 never writes a newline "
                    "(repeatable).")
-@click.option("--seed", type=int, help="Seed of the sampler [default: random].")
+@click.option("--seed", type=int, help="Seed of the sampler [default: random; with --load-state, the saved "
+                                       "generator goes on, and --seed starts it afresh].")
 @click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--context", "context", type=click.Choice(CONTEXT_MODES), default=DEFAULT_CONTEXT_MODE,
@@ -94,7 +95,8 @@ def _stats_line(stats) -> str:
 @click.option("--save-state", type=click.Path(dir_okay=False),
               help="After generating, write the row's state here (resume it with --load-state).")
 @click.option("--load-state", type=click.Path(dir_okay=False),
-              help="Go on from a --save-state file (of this model); -p then adds text to it.")
+              help="Go on from a --save-state file (of this model); -p then adds text to it. Prints "
+                   "what it adds (the -p text, then the new text), not the earlier text.")
 @click.option("--selftest", is_flag=True,
               help="Check this device against the greedy bytes stored in the file at export; "
                    "prints PASS/FAIL, tokens/s, CPU and onnxruntime version.")
@@ -148,7 +150,7 @@ def _generate_once(model, prompt, options, echo, show_stats, state=None, save_st
         sys.stdout.write(prompt)
     st, engine = GenerationStats(), Engine(model)
     if state is not None:
-        row = engine.restore(state, options, list(utf8(prompt)), st)
+        row = engine.restore(state, options, list(utf8(prompt)), st, reseed=True)  # (--seed starts afresh)
     else:
         row = engine.add(prompt, options, st)
     _print_stream(piece for _, piece in engine.run())
@@ -168,30 +170,31 @@ def _interactive(model, options, show_stats):
     quits."""
     click.echo("interactive: type a prompt and Enter to start a story; an empty line goes on with "
                "the last one; Ctrl-C stops a story; Ctrl-D quits", err=True)
-    text, ended = "", False
+    text, ended = "", None
     while True:
         try:
             line = input("> ")
+            if line:
+                text, ended = line, None
+                sys.stdout.write(text)
+            elif not text or ended:
+                click.echo(f"(that story {ended}: type a new prompt)" if text else "(type a prompt first)", err=True)
+                continue
+            else:
+                sys.stdout.write("..." + text[-60:].rsplit("\n", 1)[-1])  # where the new text goes on
+            text, ended = _tell(model, text, options, show_stats)
         except EOFError:
             sys.stdout.write("\n")
             return
-        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell does
+        except KeyboardInterrupt:  # at the prompt (a fresh line, as a shell gives) or a second one
             sys.stdout.write("\n")
-            continue
-        if line:
-            text, ended = line, False
-            sys.stdout.write(text)
-        elif not text or ended:
-            click.echo("(that story ended: type a new prompt)" if text else "(type a prompt first)", err=True)
-            continue
-        else:
-            sys.stdout.write("..." + text[-60:].rsplit("\n", 1)[-1])  # where the new text goes on
-        text, ended = _tell(model, text, options, show_stats)
 
 
-def _tell(model, text: str, options, show_stats) -> tuple[str, bool]:
-    """Write the story's continuation as it comes; (the text now, whether the story ended)."""
+def _tell(model, text: str, options, show_stats) -> tuple[str, str | None]:
+    """Write the story's continuation as it comes; (the text now, how the story ended: "ended" at
+    end-of-story, "stopped at a --stop string", or None: it may go on)."""
     from .engine import Engine, GenerationStats
+    from ..errors import MixerError
     st, engine, row = GenerationStats(), Engine(model), None
     try:
         row = engine.add(text, options, st)
@@ -201,8 +204,13 @@ def _tell(model, text: str, options, show_stats) -> tuple[str, bool]:
             text += piece
     except KeyboardInterrupt:
         sys.stdout.write(" [stopped]")
-    ended = row is not None and row.finish_reason == "stop" and not row.text.stopped  # eos, not a --stop string
-    sys.stdout.write("\n" + ("[the end]\n" if ended else ""))
+    except MixerError as e:  # (a line that is not text: this prompt alone)
+        click.echo(f"\nerror: {e}", err=True)
+        return "", None
+    ended = None
+    if row is not None and row.finish_reason == "stop":
+        ended = "stopped at a --stop string" if row.text.stopped else "ended"
+    sys.stdout.write("\n" + ("[the end]\n" if ended == "ended" else ""))
     sys.stdout.flush()
     if show_stats:
         click.echo(_stats_line(st), err=True)

@@ -468,9 +468,10 @@ class Engine:
         return snapshot.encode(header, arrays)
 
     def restore(self, data: bytes, options: GenerateOptions = GenerateOptions(), more: list[int] = (),
-                stats: GenerationStats | None = None) -> Row:
+                stats: GenerationStats | None = None, reseed: bool = False) -> Row:
         """A new row from a snapshot (its context mode wins over `options`), with `more` tokens
-        folded in (no bos), joined to the live rows."""
+        folded in (no bos), joined to the live rows. Its sampler goes on from the snapshot's
+        random state, unless `reseed` and options has a seed: then that seed starts it afresh."""
         header, arrays = snapshot.decode(data)
         snapshot.check_model(header, self.model.sha256, self.model.config)
         row = self.new_row(dataclasses.replace(options, context=header["context"]), stats)
@@ -481,6 +482,8 @@ class Engine:
         row.sampler.rng.setstate((version, tuple(mt), gauss))
         for token, times in header.get("counts", []):  # (none in snapshots before 0.2)
             row.sampler.accepted(int(token), int(times))
+        if reseed and options.seed is not None:
+            row.sampler.rng.seed(seed_value(options.seed))
         if more:
             self.extend(row, list(more))
         return self.join(row)
@@ -488,9 +491,7 @@ class Engine:
     def fork(self, row: Row, options: GenerateOptions | None = None) -> Row:
         """Another continuation of a row's state without re-folding it; a seed in `options`
         re-seeds the fork's sampler (else it goes on from the row's random state)."""
-        fork = self.restore(self.snapshot(row), options or row.options)
-        if options is not None and options.seed is not None:
-            fork.sampler.rng.seed(seed_value(options.seed))
+        fork = self.restore(self.snapshot(row), options or row.options, reseed=options is not None)
         if row.trail is not None and fork.trail is not None:  # (the prompt's entries)
             fork.trail = row.trail.copy(fork.trail.k)
         return fork

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import json
 import time
 import uuid
@@ -316,16 +318,51 @@ ROUTES = (("POST", "/v1/completions", "completions"),
           ("GET", "/", "playground"))
 
 
+class LineWriter:
+    """Lines for stdout, written by a thread of their own (see AccessLog)."""
+
+    def __init__(self):
+        self.lines, self.dropped = queue.Queue(LOG_QUEUE), 0
+        threading.Thread(target=self._write, name="mixer-access-log", daemon=True).start()
+
+    def put(self, line: str) -> None:
+        try:
+            self.lines.put_nowait(line + (f" ({self.dropped} lines dropped before)" if self.dropped else ""))
+            self.dropped = 0
+        except queue.Full:
+            self.dropped += 1
+
+    def drain(self, seconds: float = 1.0) -> None:
+        """Wait (a while) for the lines still queued to be written: at shutdown."""
+        deadline = time.monotonic() + seconds
+        while self.lines.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _write(self):
+        while True:
+            line = self.lines.get()
+            try:
+                print(line, flush=True)
+            except (OSError, ValueError):  # stdout closed or broken: the server goes on without it
+                return
+            finally:
+                self.lines.task_done()
+
+
 USAGE = "micromixer.usage"  # a request's usage, for the access log (its scope["state"])
+LOG_QUEUE = 10_000          # access-log lines waiting for stdout at most
 
 
 class AccessLog:
     """ASGI middleware: one line per request on stdout when its response has gone out: client,
-    method, path, status, body bytes sent, time, and for completions the prompt and generated
-    byte counts. Never a prompt, a text or a key."""
+    method, path (as sent, percent-encoded, at most 80 characters: a client cannot forge a line),
+    status, body bytes sent, time, and for completions OpenAI's usage counts (prompt_tokens with
+    bos, completion_tokens). Never a prompt, a text, a query string or a key. A thread writes the
+    lines: stdout that blocks (a pipe nobody reads, a paused terminal) must not stop the event
+    loop; past LOG_QUEUE lines waiting, lines are dropped (and counted in the next one written)."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, writer: "LineWriter"):
+        self.app, self._log = app, writer.put
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -342,10 +379,13 @@ class AccessLog:
             await self.app(scope, receive, counting)
         finally:
             usage = scope.get("state", {}).get(USAGE)
-            tokens = f" prompt {usage['prompt_tokens']} B generated {usage['completion_tokens']} B" if usage else ""
+            tokens = (f" prompt_tokens {usage['prompt_tokens']} completion_tokens {usage['completion_tokens']}"
+                      if usage else "")
             client = (scope.get("client") or ("-",))[0]
-            print(f"{client} {scope['method']} {scope['path']} {sent['status'] or '-'} {sent['bytes']} B "
-                  f"{(time.perf_counter() - t0) * 1000:.1f} ms{tokens}", flush=True)
+            raw = (scope.get("raw_path") or scope["path"].encode())[:80]
+            path = "".join(chr(b) if 32 < b < 127 else f"\\x{b:02x}" for b in raw)
+            self._log(f"{client} {scope['method']} {path} {sent['status'] or '-'} {sent['bytes']} B "
+                      f"{(time.perf_counter() - t0) * 1000:.1f} ms{tokens}")
 
 
 class JSONCORSMiddleware(CORSMiddleware):
@@ -379,7 +419,8 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
 
     routes = [Route(path, getattr(server, name), methods=[method]) for method, path, name in ROUTES]
     key = read_api_key(settings.api_key, settings.api_key_file)
-    middleware = ([Middleware(AccessLog)] if settings.access_log else []) + [Middleware(ReleaseAnswers, budget=server.answers)]
+    log = LineWriter() if settings.access_log else None
+    middleware = ([Middleware(AccessLog, writer=log)] if log else []) + [Middleware(ReleaseAnswers, budget=server.answers)]
     middleware += [Middleware(JSONCORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                               allow_headers=["*"])  # (OpenAI's JS client sends its own x-stainless-* headers)
                    for origins in [[o.strip() for o in settings.cors_origins.split(",") if o.strip()]] if origins]
@@ -389,5 +430,5 @@ def create_app(settings: Settings, on_death=None) -> Starlette:
             headers={"WWW-Authenticate": "Bearer"})))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: http_error, Exception: crash})
-    app.state.server = server
+    app.state.server, app.state.access_log = server, log
     return app

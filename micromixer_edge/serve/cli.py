@@ -79,6 +79,8 @@ def run(settings: Settings) -> None:
     server.shutdown_seconds = settings.shutdown_seconds
     server.decode_loop = app.state.server.loop
     server.run()  # uvicorn picks uvloop when installed
+    if app.state.access_log is not None:
+        app.state.access_log.drain()
     if server.started and not died:
         click.echo("mixer-serve: stopped")
     if died:
@@ -97,7 +99,7 @@ class UvicornServer(uvicorn.Server):
     def handle_exit(self, sig, frame):
         self.decode_loop.end_all()
         if not self.should_exit:  # whatever is still running then (a stalled write, a fold), the process ends
-            threading.Timer(self.shutdown_seconds, _exit_now, (0,)).start()
+            threading.Timer(self.shutdown_seconds, _exit_now, (0, "mixer-serve: stopped (at --shutdown-seconds)")).start()
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None):
@@ -114,9 +116,11 @@ class UvicornServer(uvicorn.Server):
             sys.stdout.flush()
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int, line: str | None = None) -> None:
     """Exit without waiting for the worker threads (a long prompt folding on the prefill thread, a
     chat template's render): SIGTERM must end the server within --shutdown-seconds."""
+    if line:
+        click.echo(line)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
