@@ -172,8 +172,10 @@ def _interactive(model, options, show_stats):
                "the last one; Ctrl-C stops a story; Ctrl-D quits", err=True)
     text, ended = "", None
     while True:
+        telling = False
         try:
             line = input("> ")
+            telling = bool(line) or bool(text and not ended)
             if line:
                 text, ended = line, None
                 sys.stdout.write(text)
@@ -186,8 +188,8 @@ def _interactive(model, options, show_stats):
         except EOFError:
             sys.stdout.write("\n")
             return
-        except KeyboardInterrupt:  # at the prompt (a fresh line, as a shell gives) or a second one
-            sys.stdout.write("\n")
+        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell gives; else the story stops
+            sys.stdout.write(" [stopped]\n" if telling else "\n")
 
 
 def _tell(model, text: str, options, show_stats) -> tuple[str, str | None]:
