@@ -27,7 +27,7 @@ def pack_command(model_path, output, no_deps, serve, target):
     scheme = model_scheme(model_path)
     fast_in_numpy = (QUANT_NONE, QUANT_SCHEMES[TARGETS[target]])
     if target in NUMPY_TARGETS and scheme not in fast_in_numpy:
-        click.echo(f"note: on 32-bit Pi OS the numpy backend runs {scheme} about 3.5x slower than float "
+        click.echo(f"note: on 32-bit Pi OS the numpy backend runs {scheme} about 3x slower than float "
                    f"(numpy has no fast int8 GEMM); for this board quantize the float export with: "
                    f"mixer-quantize FLOAT.onnx -o MODEL.onnx --target {target}", err=True)
     elif target == "pi4" and scheme in NEEDS_DOT_PRODUCT:
