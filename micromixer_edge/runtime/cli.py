@@ -195,7 +195,7 @@ def _interactive(model, options, show_stats):
 def _tell(model, text: str, options, show_stats) -> tuple[str, str | None]:
     """Write the story's continuation as it comes; (the text now, how the story ended: "ended" at
     end-of-story, "stopped at a --stop string", or None: it may go on)."""
-    from .engine import Engine, GenerationStats
+    from .engine import Engine, Finish, GenerationStats
     from ..errors import MixerError
     st, engine, row = GenerationStats(), Engine(model), None
     try:
@@ -210,7 +210,7 @@ def _tell(model, text: str, options, show_stats) -> tuple[str, str | None]:
         click.echo(f"\nerror: {e}", err=True)
         return "", None
     ended = None
-    if row is not None and row.finish_reason == "stop":
+    if row is not None and row.finish_reason == Finish.STOP:
         ended = "stopped at a --stop string" if row.text.stopped else "ended"
     sys.stdout.write("\n" + ("[the end]\n" if ended == "ended" else ""))
     sys.stdout.flush()

@@ -47,13 +47,15 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.decode_s if self.decode_s > 0 else float("nan")
 
-    @property
-    def usage(self) -> dict:
-        """OpenAI's usage object: prompt tokens (bos and bytes; those resumed from the prompt
-        cache in its details), generated tokens, their sum."""
-        prompt, new = self.prompt_tokens, self.new_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+class Finish:
+    """Why a row ended (Row.finish_reason): the one set the engine, the server's loop and its
+    answers use."""
+    STOP = "stop"            # end-of-story or a stop string
+    LENGTH = "length"        # max_new_tokens
+    CANCELLED = "cancelled"  # its caller let it go
+    ERROR = "error"          # its own failure (Row.error says which)
+    SHUTDOWN = "shutdown"    # the server stopped before it ended (serve/)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +171,7 @@ class Row:
     logits: np.ndarray | None = None   # next-token logits, waiting to be sampled
     sums: np.ndarray | None = None     # (L, H) while not in a slot; the engine owns it otherwise
     position: int = 0
-    finish_reason: str | None = None   # "stop" (eos or stop string), "length", "cancelled", "error"
+    finish_reason: str | None = None   # a Finish value
     error: str | None = None           # what failed, when finish_reason is "error"
     last: int | None = None            # the latest sampled token (folded in on the next step)
     unfolded: bool = False             # `last` is not in the state yet
@@ -280,7 +282,7 @@ class Engine:
     def join(self, row: Row) -> Row:
         """The row joins the live rows (or ends at once: max_new_tokens 0)."""
         if row.options.max_new_tokens == 0:
-            row.finish_reason = "length"
+            row.finish_reason = Finish.LENGTH
             return row
         self._detach()
         self.rows.append(row)
@@ -289,7 +291,7 @@ class Engine:
     def cancel(self, row: Row) -> None:
         """Leave between steps; the row keeps what it generated."""
         if not row.done:
-            row.finish_reason = "cancelled"
+            row.finish_reason = Finish.CANCELLED
         if row in self.rows:
             self._detach()
             self.rows.remove(row)
@@ -349,7 +351,7 @@ class Engine:
 
     def fail(self, row: Row, e: BaseException) -> None:
         """End a row with an error (it leaves before the next step); the other rows go on."""
-        row.finish_reason, row.error = "error", f"{type(e).__name__}: {e}"
+        row.finish_reason, row.error = Finish.ERROR, f"{type(e).__name__}: {e}"
 
     def abort(self, e: BaseException) -> list[Row]:
         """A step failed as a whole: every live row ends with the error, and the engine is empty."""
@@ -367,7 +369,7 @@ class Engine:
         if row.trail is not None:
             row.trail.add(token, row.logits)
         if token == EOS_ID and not opts.sampling.ignore_eos:
-            row.finish_reason = "stop"
+            row.finish_reason = Finish.STOP
             self._finish_text(row)
             return token
         row.unfolded = True
@@ -382,9 +384,9 @@ class Engine:
         if piece:
             row.pieces.append(piece)
         if row.text.stopped:
-            row.finish_reason = "stop"
+            row.finish_reason = Finish.STOP
         elif row.stats.new_tokens >= opts.max_new_tokens:
-            row.finish_reason = "length"
+            row.finish_reason = Finish.LENGTH
         if row.finish_reason is not None:
             self._finish_text(row)
         return token

@@ -138,6 +138,14 @@ class Shape:
         return two - one
 
 
+def usage(stats: list) -> dict:
+    """OpenAI's usage object of a request's choices (their GenerationStats): prompt tokens (bos
+    and bytes; those resumed from the prompt cache in its details), generated tokens, their sum."""
+    prompt, new = sum(s.prompt_tokens for s in stats), sum(s.new_tokens for s in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new,
+            "prompt_tokens_details": {"cached_tokens": sum(s.cached_tokens for s in stats)}}
+
+
 TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
 CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
 SHAPES = {"text": TEXT, "chat": CHAT}

@@ -21,21 +21,21 @@ from ..errors import BadRequest, QueueFull, ShuttingDown
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ..runtime.logprobs import token_text
 from .access import USAGE, AccessLog, LineWriter
-from .answer import BLOCK, CHAT, HELD, HOLD_SECONDS, TEXT, Budget, ReleaseAnswers, Shape, dumps, paced
-from ..runtime.engine import Engine
+from .answer import BLOCK, CHAT, HELD, HOLD_SECONDS, TEXT, Budget, ReleaseAnswers, Shape, dumps, paced, usage
+from ..runtime.engine import Engine, Finish
 from ..runtime.model import MixerModel
 from ..runtime.prompt_cache import PromptCache
 from .auth import RequireKey, read_api_key
 from .chat import ChatTemplate
 from .fields import chat_messages, chat_request, parse_completion, parse_detokenize, parse_tokenize, tokens
-from .loop import DecodeLoop
+from .loop import DecodeLoop, End, Piece
 from .metrics import Metrics
 from .settings import Settings
 
-FINISH = {"stop": "stop", "length": "length"}  # OpenAI's finish_reason for a row that ran its course
+FINISH = {Finish.STOP: "stop", Finish.LENGTH: "length"}  # OpenAI's finish_reason for a row that ran its course
 # A row that did not: the error a client gets (status when nothing was sent yet, code, message)
-CUT = {"error": (500, "internal_error", "generation failed: {}"),
-       "shutdown": (503, "shutdown", "the server shut down before the completion ended")}
+CUT = {Finish.ERROR: (500, "internal_error", "generation failed: {}"),
+       Finish.SHUTDOWN: (503, "shutdown", "the server shut down before the completion ended")}
 
 
 def error(status: int, message: str, param: str | None = None, headers=None, code=None) -> JSONResponse:
@@ -47,15 +47,15 @@ def error_doc(status: int, message: str, param: str | None = None, code=None) ->
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-async def _result(job) -> tuple[str, list, str, dict, str | None]:
-    """A job's whole text, logprob entries, finish reason, usage and error, once it is done."""
+async def _result(job) -> tuple[str, list, End]:
+    """A job's whole text, its logprob entries and its End, once it is done."""
     text, entries = [], []
     while True:
         item = await job.out.get()
-        if item[0] != "piece":
-            return ("".join(text), entries, *item[1:])
-        text.append(item[1])
-        entries += item[2]
+        if isinstance(item, End):
+            return "".join(text), entries, item
+        text.append(item.text)
+        entries += item.entries
 
 
 async def _pump(index: int, job, merged: asyncio.Queue) -> None:
@@ -63,25 +63,19 @@ async def _pump(index: int, job, merged: asyncio.Queue) -> None:
     at most BLOCK logprob entries (so that a chunk a slow client left to pile up costs no more)."""
     while True:
         item, text, entries = await job.out.get(), [], []
-        while item is not None and item[0] == "piece":
-            text.append(item[1])
-            entries += item[2]
+        while isinstance(item, Piece):
+            text.append(item.text)
+            entries += item.entries
             more = len(entries) < BLOCK and not job.out.empty()
             item = job.out.get_nowait() if more else None
         # at most BLOCK entries a chunk (the echo of a long prompt comes as one item): the text
         # goes with the first, the rest of its entries follow in chunks of their own
         starts = range(0, max(len(entries), 1), BLOCK) if text or entries else ()
         for at in starts:
-            merged.put_nowait((index, ("piece", "".join(text) if at == 0 else "", entries[at:at + BLOCK])))
+            merged.put_nowait((index, Piece("".join(text) if at == 0 else "", entries[at:at + BLOCK])))
         if item is not None:
             merged.put_nowait((index, item))
             return
-
-
-def _total(usages: list[dict]) -> dict:
-    total = {k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
-    return {**total, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def _disconnected(request: Request) -> None:
@@ -192,15 +186,15 @@ class Service:
                 if gone.done():
                     return Response(status_code=499)  # nobody reads it: the caller cancels the rows
             choices, k = [], req.options.logprobs
-            for index, (text, entries, reason, usage, err) in enumerate(r.result() for r in results):
-                if reason in CUT:
-                    status, code, message = CUT[reason]
-                    return error(status, message.format(err), code=code)
-                choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[reason],
+            for index, (text, entries, end) in enumerate(r.result() for r in results):
+                if end.reason in CUT:
+                    status, code, message = CUT[end.reason]
+                    return error(status, message.format(end.error), code=code)
+                choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[end.reason],
                                            shape.logprobs(entries, k)))
-            usage = request.scope["state"][USAGE] = _total([r.result()[3] for r in results])
+            total = request.scope["state"][USAGE] = usage([r.result()[2].stats for r in results])
             doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
-                   "choices": choices, "usage": usage}
+                   "choices": choices, "usage": total}
             return StreamingResponse(paced(doc), media_type="application/json")  # in pieces: the loop stays free
         finally:
             gone.cancel()
@@ -215,32 +209,31 @@ class Service:
         generator and the rows leave the step."""
         merged: asyncio.Queue = asyncio.Queue()
         pumps = [asyncio.ensure_future(_pump(i, job, merged)) for i, job in enumerate(jobs)]
-        first, usages, since = [True] * len(jobs), [], time.perf_counter()
+        first, ended, since = [True] * len(jobs), [], time.perf_counter()
         try:
-            while len(usages) < len(jobs):
+            while len(ended) < len(jobs):
                 if time.perf_counter() - since > HOLD_SECONDS:  # a backlog: the other requests get a turn
                     await asyncio.sleep(0)
                     since = time.perf_counter()
                 index, item = await merged.get()
                 echo = req.prompt_text(index) if first[index] else ""
-                if item[0] == "piece":
-                    logprobs = shape.logprobs(item[2], req.options.logprobs)
-                    if shape.chat and not item[1] and not (logprobs and logprobs["content"].items):
+                if isinstance(item, Piece):
+                    logprobs = shape.logprobs(item.entries, req.options.logprobs)
+                    if shape.chat and not item.text and not (logprobs and logprobs["content"].items):
                         continue  # (chat's eos entry alone: nothing to send)
-                    yield self.chunk(shape, cid, created, index, echo + item[1], first=first[index], logprobs=logprobs)
+                    yield self.chunk(shape, cid, created, index, echo + item.text, first=first[index], logprobs=logprobs)
                     first[index] = False
                     continue
-                _, reason, usage, err = item
-                if reason in CUT:
-                    status, code, message = CUT[reason]
-                    yield f"data: {json.dumps(error_doc(status, message.format(err), code=code))}\n\n"
+                if item.reason in CUT:
+                    status, code, message = CUT[item.reason]
+                    yield f"data: {json.dumps(error_doc(status, message.format(item.error), code=code))}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                yield self.chunk(shape, cid, created, index, echo, FINISH[reason], first=first[index])
-                usages.append(usage)
-                state[USAGE] = _total(usages)  # (the access log's counts)
+                yield self.chunk(shape, cid, created, index, echo, FINISH[item.reason], first=first[index])
+                ended.append(item.stats)
+                state[USAGE] = usage(ended)  # (the access log's counts)
             if req.include_usage:
-                yield self.chunk(shape, cid, created, None, usage=_total(usages))
+                yield self.chunk(shape, cid, created, None, usage=usage(ended))
             yield "data: [DONE]\n\n"
         finally:
             for p in pumps:

@@ -17,15 +17,31 @@ import time
 import traceback
 
 from ..errors import QueueFull, ShuttingDown
-from ..runtime.engine import Engine, GenerateOptions, GenerationStats, Row
+from ..runtime.engine import Engine, Finish, GenerateOptions, GenerationStats, Row
+from ..runtime.logprobs import Entry
 from .metrics import Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Text a row made since the last piece, and the logprob entries of that text."""
+    text: str
+    entries: list[Entry]
+
+
+@dataclasses.dataclass(frozen=True)
+class End:
+    """A job's last item: why it ended (a Finish value), its counts, and what failed if it did."""
+    reason: str
+    stats: GenerationStats
+    error: str | None = None
 
 
 @dataclasses.dataclass(eq=False)
 class Job:
     prompt: str
     options: GenerateOptions
-    out: asyncio.Queue          # ("piece", text, logprob entries) ... then ("done", finish_reason, usage, error or None)
+    out: asyncio.Queue          # Piece ... then one End
     aio: asyncio.AbstractEventLoop
     row: Row | None = None
     cancelled: bool = False
@@ -142,7 +158,7 @@ class DecodeLoop:
             for job in jobs:
                 if not job.ended:
                     job.ended = True
-                    self._post(job, "done", "error", _usage(job.row), f"the decode loop died ({self.dead})")
+                    self._post(job, End(Finish.ERROR, _stats(job.row), f"the decode loop died ({self.dead})"))
             self._flush(force=True)
             if self.on_death is not None:
                 self.on_death()
@@ -164,7 +180,7 @@ class DecodeLoop:
                     admit.append(self._waiting.popleft())
                     taken += admit[-1].rows
             for job in cancel:
-                self._end(job, "cancelled" if self.accepting else "shutdown")
+                self._end(job, Finish.CANCELLED if self.accepting else Finish.SHUTDOWN)
             for job in list(admit):
                 self._admit(job)
             for job, error in ready:
@@ -184,9 +200,9 @@ class DecodeLoop:
         for row in touched:
             self._emit(self._jobs[row.id], row)  # each row once: engine.step never repeats one
 
-    def _post(self, job: Job, *item) -> None:
+    def _post(self, job: Job, item: Piece | End) -> None:
         self._outbox.append((job, item))
-        if not job.answered or item[0] == "done":  # first byte and last: flushed after this step
+        if not job.answered or isinstance(item, End):  # first byte and last: flushed after this step
             job.answered, self._urgent = True, True
 
     def _flush(self, force: bool = False) -> None:
@@ -207,7 +223,7 @@ class DecodeLoop:
         if job.ended or job.cancelled:
             with self._wake:
                 self._admitting.remove(job)
-            return None if job.ended else self._end(job, "cancelled")
+            return None if job.ended else self._end(job, Finish.CANCELLED)
         job.row = self.engine.new_row(job.options)
         with self._wake:
             self._admitting.remove(job)
@@ -254,11 +270,11 @@ class DecodeLoop:
         if fork.ended:
             return
         if error is not None or fork.cancelled:
-            return self._end(fork, "error" if error is not None else "cancelled", error)
+            return self._end(fork, Finish.ERROR if error is not None else Finish.CANCELLED, error)
         try:
             fork.row = self.engine.fork(job.row, fork.options)
         except Exception as e:  # noqa: BLE001 - this choice alone
-            return self._end(fork, "error", e)
+            return self._end(fork, Finish.ERROR, e)
         with self._wake:
             self._jobs[fork.row.id] = fork
         if fork.row.finish_reason:  # max_tokens 0
@@ -273,7 +289,7 @@ class DecodeLoop:
         """The row's text and logprob entries not posted yet, if any."""
         text, entries = row.take_text(), row.take_logprobs()
         if text or entries:
-            self._post(job, "piece", text, entries)
+            self._post(job, Piece(text, entries))
 
     def _end(self, job: Job, reason: str, error: BaseException | None = None) -> None:
         if job.ended:
@@ -289,12 +305,12 @@ class DecodeLoop:
             with self._wake:
                 if job in self._waiting:
                     self._waiting.remove(job)
-        reason = row.finish_reason if row is not None and row.finish_reason not in (None, "cancelled") else reason
-        usage = _usage(row)
-        self.metrics.finished(reason, usage)
+        reason = row.finish_reason if row is not None and row.finish_reason not in (None, Finish.CANCELLED) else reason
+        stats = _stats(row)
+        self.metrics.finished(reason, stats)
         err = row.error if row is not None else f"{type(error).__name__}: {error}" if error is not None else None
-        self._post(job, "done", reason, usage, err)
+        self._post(job, End(reason, stats, err))
 
 
-def _usage(row: Row | None) -> dict:
-    return (row.stats if row is not None else GenerationStats()).usage
+def _stats(row: Row | None) -> GenerationStats:
+    return row.stats if row is not None else GenerationStats()

@@ -30,10 +30,11 @@ class Metrics:
     def watch_cache(self, cache) -> None:
         self.cache_bytes.set_function(lambda: cache.nbytes if cache is not None else 0)
 
-    def finished(self, reason: str, usage: dict) -> None:
+    def finished(self, reason: str, stats) -> None:
+        """A job ended (`stats`: its runtime GenerationStats)."""
         self.requests.labels(outcome=reason).inc()
-        self.tokens.inc(usage["completion_tokens"])
-        self.cached.inc(usage["prompt_tokens_details"]["cached_tokens"])
+        self.tokens.inc(stats.new_tokens)
+        self.cached.inc(stats.cached_tokens)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
