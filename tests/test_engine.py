@@ -181,3 +181,25 @@ def test_cli_save_then_load_prints_one_runs_bytes(export_file, tmp_path, mode, s
         assert more == _texts(engine, [row])[0] and len(more.encode()) == 40
         reseeded = [run("--load-state", str(tmp_path / "s.bin"), "-n", "60", "--seed", str(s)) for s in (1, 2, 1)]
         assert reseeded[0] == reseeded[2] != reseeded[1]  # --seed starts the saved generator afresh
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_failing_sampler_ends_its_row_with_error_alone_or_in_a_batch(small, monkeypatch, rows):
+    """run()'s one-row path and step() treat a row's own failure alike: the row ends with
+    finish_reason "error" and the loop returns (it escaped run() on the one-row path before)."""
+    from micromixer_edge.runtime import sampling
+    real = sampling.Sampler.pick
+
+    def pick(self, ids, logp):
+        self.picks = getattr(self, "picks", 0) + 1
+        if getattr(self, "doomed", False) and self.picks > 5:  # (past the first step: on the one-row path)
+            raise RuntimeError("injected")
+        return real(self, ids, logp)
+    monkeypatch.setattr(sampling.Sampler, "pick", pick)
+    engine = Engine(small)
+    made = [engine.add("Once", GenerateOptions.of(max_new_tokens=20, seed=i, ignore_eos=True)) for i in range(rows)]
+    made[0].sampler.doomed = True
+    for _ in engine.run():
+        pass
+    assert made[0].finish_reason == "error" and "injected" in made[0].error
+    assert all(r.finish_reason in ("stop", "length") for r in made[1:])

@@ -516,7 +516,11 @@ class Engine:
         sample, pieces, t0 = self._sample, row.pieces, time.perf_counter()
         try:
             while True:
-                row.last = sample(row)
+                try:
+                    row.last = sample(row)
+                except Exception as e:  # noqa: BLE001 - the row's own failure ends it, as in `step`
+                    self.fail(row, e)
+                    return self._leave_single(row)
                 while pieces:
                     yield row, pieces.pop(0)
                 if row.finish_reason is not None or row.position >= row.event:
