@@ -67,19 +67,16 @@ def pieces(value) -> Iterator[str]:
         yield dumps(value)
 
 
-_LANE = asyncio.Lock()  # whole answers encode one at a time, each for HOLD_SECONDS at most
-
-
-async def paced(value):
+async def paced(value, lane: asyncio.Lock):
     """`value` as JSON text for a StreamingResponse, in pieces of about PIECE_BYTES or of
-    HOLD_SECONDS of encoding, whichever comes first. Encoding takes turns in one lane (FIFO), so
-    however many answers are written at once, the event loop runs its other work (/health, the
-    streams) at least every HOLD_SECONDS; the lane is not held while a piece waits for a slow
-    reader."""
+    HOLD_SECONDS of encoding, whichever comes first. Encoding takes turns in `lane` (the server's
+    one lock, FIFO), so however many answers are written at once, the event loop runs its other
+    work (/health, the streams) at least every HOLD_SECONDS; the lane is not held while a piece
+    waits for a slow reader."""
     parts, done = pieces(value), False
     while not done:
         await asyncio.sleep(0)  # (sending a piece need not suspend: the loop's turn is taken here)
-        async with _LANE:
+        async with lane:
             buffer, size, since, done = [], 0, time.perf_counter(), True
             for piece in parts:
                 buffer.append(piece)

@@ -97,6 +97,7 @@ class Service:
         self.loop = DecodeLoop(Engine(self.model, cache), settings.max_batch, settings.max_queue, self.metrics,
                                on_death)
         self.answers = Budget(int(settings.answers_in_flight_mb * 2**20))
+        self.lane = asyncio.Lock()  # whole answers encode one at a time (answer.paced), on this app's loop
         self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
                                                settings.max_prompt_bytes)
 
@@ -195,7 +196,7 @@ class Service:
             total = request.scope["state"][USAGE] = usage([r.result()[2].stats for r in results])
             doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
                    "choices": choices, "usage": total}
-            return StreamingResponse(paced(doc), media_type="application/json")  # in pieces: the loop stays free
+            return StreamingResponse(paced(doc, self.lane), media_type="application/json")  # in pieces: the loop stays free
         finally:
             gone.cancel()
             for r in results:
