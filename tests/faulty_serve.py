@@ -1,6 +1,6 @@
 """mixer-serve with faults injected by prompt, for test_serve_robust.py (run as a script):
 - a prompt starting "FAIL-PREPARE" fails while its row is prepared (Engine.prefill);
-- a row whose seed is 666 fails in its own draw after 20 bytes (Sampler.pick);
+- a row whose seed is 666 fails in its own draw after 20 bytes (Sampler.uniform);
 - a row whose seed is 777 fails in its own re-fold (Engine._refold: window mode past W);
 - a prompt starting "FAIL-STEP" makes the next shared onnxruntime call fail (the whole step);
 - a prompt starting "KILL-LOOP" kills the decode thread itself (a bug outside any row)."""
@@ -10,7 +10,7 @@ from micromixer_edge.runtime import engine, sampling
 from micromixer_edge.serve import loop
 from micromixer_edge.serve.cli import main
 
-prefill, pick, feed, step = engine.Engine.prefill, sampling.Sampler.pick, engine.Engine._feed, loop.DecodeLoop._step
+prefill, uniform, feed, step = engine.Engine.prefill, sampling.Sampler.uniform, engine.Engine._feed, loop.DecodeLoop._step
 refold = engine.Engine._refold
 state = {"fail_step": False}
 
@@ -23,11 +23,11 @@ def faulty_prefill(self, row, prompt):
     return prefill(self, row, prompt)
 
 
-def faulty_pick(self, ids, logp):
-    self.picks = getattr(self, "picks", 0) + 1
-    if getattr(self, "doomed", False) and self.picks > 20:
+def faulty_uniform(self):
+    self.draws = getattr(self, "draws", 0) + 1
+    if getattr(self, "doomed", False) and self.draws > 20:
         raise RuntimeError("injected: this row's draw failed")
-    return pick(self, ids, logp)
+    return uniform(self)
 
 
 def faulty_feed(self):
@@ -36,10 +36,10 @@ def faulty_feed(self):
     return feed(self)
 
 
-def faulty_refold(self, i, row, keep):
+def faulty_refold(self, row, keep):
     if row.options.seed == 777:
         raise RuntimeError("injected: this row's re-fold failed")
-    return refold(self, i, row, keep)
+    return refold(self, row, keep)
 
 
 def faulty_step(self):
@@ -57,7 +57,7 @@ def doomed_row(self, options, stats=None):
     return row
 
 
-engine.Engine.prefill, sampling.Sampler.pick, engine.Engine._feed = faulty_prefill, faulty_pick, faulty_feed
+engine.Engine.prefill, sampling.Sampler.uniform, engine.Engine._feed = faulty_prefill, faulty_uniform, faulty_feed
 engine.Engine.new_row, loop.DecodeLoop._step, engine.Engine._refold = doomed_row, faulty_step, faulty_refold
 
 if __name__ == "__main__":

@@ -83,11 +83,13 @@ def test_decoding_matches_todays_loop(small, mode, seed):
     from micromixer_edge.runtime.sampling import Sampler
     ctx, sampler = ContextOracle(small, mode), Sampler(options.sampling, seed)
     ids = encode_prompt("Once upon a time")
-    logits, recent, out = ctx.feed(ids)[-1], ids[-64:], []
+    logits, out = ctx.feed(ids)[-1], []
+    sampler.remember(ids)  # (the repetition window: the prompt, then each byte drawn)
     for _ in range(400):
-        token = sampler.sample(logits, recent)
+        token = sampler.sample(logits)
         out.append(token)
-        recent.append(token)
+        sampler.accepted(token)
+        sampler.remember([token])
         logits = ctx.feed([token])[0]
     engine = Engine(small)
     row = engine.add("Once upon a time", options)
@@ -188,14 +190,14 @@ def test_a_failing_sampler_ends_its_row_with_error_alone_or_in_a_batch(small, mo
     """run()'s one-row path and step() treat a row's own failure alike: the row ends with
     finish_reason "error" and the loop returns (it escaped run() on the one-row path before)."""
     from micromixer_edge.runtime import sampling
-    real = sampling.Sampler.pick
+    real = sampling.Sampler.uniform
 
-    def pick(self, ids, logp):
-        self.picks = getattr(self, "picks", 0) + 1
-        if getattr(self, "doomed", False) and self.picks > 5:  # (past the first step: on the one-row path)
+    def uniform(self):
+        self.draws = getattr(self, "draws", 0) + 1
+        if getattr(self, "doomed", False) and self.draws > 5:  # (past the first step)
             raise RuntimeError("injected")
-        return real(self, ids, logp)
-    monkeypatch.setattr(sampling.Sampler, "pick", pick)
+        return real(self)
+    monkeypatch.setattr(sampling.Sampler, "uniform", uniform)
     engine = Engine(small)
     made = [engine.add("Once", GenerateOptions.of(max_new_tokens=20, seed=i, ignore_eos=True)) for i in range(rows)]
     made[0].sampler.doomed = True

@@ -24,7 +24,7 @@ params = st.builds(SamplingParams, temperature=st.sampled_from([0.0, 0.3, 0.8, 1
 
 @pytest.mark.fast
 @settings(max_examples=200, deadline=None)
-@given(rows=st.lists(params, min_size=1, max_size=8), seed=st.integers(0, 2**16))
+@given(rows=st.lists(params, min_size=1, max_size=12), seed=st.integers(0, 2**16))
 def test_a_row_whose_top_logit_is_eos_samples_eos_unless_it_ignores_eos(rows, seed):
     """Every path: the greedy shortcut, the batch pass and one row alone."""
     rng = np.random.default_rng(seed)
@@ -32,8 +32,12 @@ def test_a_row_whose_top_logit_is_eos_samples_eos_unless_it_ignores_eos(rows, se
     logits[:, EOS_ID] = logits.max() + 60
     logits[:, [PAD_ID, BOS_ID]] = logits.max() + 90  # never sampled, however likely
     recents = [rng.integers(0, 256, 20).tolist() for _ in rows]
-    batch = sample_rows([Sampler(p, seed) for p in rows], logits, recents)
-    alone = [Sampler(p, seed).sample(x, r) for p, x, r in zip(rows, logits, recents)]
+    batch, alone = [Sampler(p, seed) for p in rows], [Sampler(p, seed) for p in rows]
+    for a, b, recent in zip(batch, alone, recents):
+        a.remember(recent)
+        b.remember(recent)
+    batch = sample_rows(batch, logits)
+    alone = [s.sample(x) for s, x in zip(alone, logits)]
     want = [None if p.ignore_eos else EOS_ID for p in rows]
     for got in (batch, alone):
         for p, token, w in zip(rows, got, want):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from micromixer_edge.format import EOS_ID
-from micromixer_edge.runtime.logprobs import Trail, token_text
+from micromixer_edge.runtime.logprobs import Trail, best, log_softmax, token_text
 from micromixer_edge.runtime.textstream import TextStream
 
 PROMPTS = ["Once upon a time", "Lily saw a café. ", "Tom said, \"No!\"\n", ""]
@@ -57,7 +57,8 @@ def test_the_trail_lists_the_bytes_of_the_text_at_their_offsets(data, stops, k, 
     logits = rng.normal(0, 3, (len(data), 256)).astype(np.float32)
     trail, text, taken, out = Trail(k), TextStream(tuple(stops)), [], []
     for i, b in enumerate(data):
-        trail.add(b, logits[i])
+        scored = log_softmax(logits[i])  # (as the engine scores each step's rows)
+        trail.add(b, scored, best(scored, k).tolist())
         out.append(text.push(bytes((b,))))
         if i in cuts:
             taken += trail.take(text.emitted)
@@ -162,9 +163,9 @@ def test_the_end_of_sequence_byte_is_at_the_texts_end():
     trail, text = Trail(0), TextStream()
     pieces = []
     for b in b"Hi\xe2":
-        trail.add(b, logits)
+        trail.add(b, logits.astype(np.float64), [])
         pieces.append(text.push(bytes((b,))))
-    trail.add(EOS_ID, logits)
+    trail.add(EOS_ID, logits.astype(np.float64), [])
     pieces.append(text.finish())
     entries = trail.take(text.emitted, final=True)
     assert "".join(pieces) == "Hi\ufffd" and [e.offset for e in entries] == [0, 1, 2, 3]

@@ -115,21 +115,24 @@ def sampler_cases() -> list[dict]:
 
 
 def sample_case(case: dict, alone: bool) -> list[list[int]]:
+    """Six steps of the case's rows: each row's window starts with 20 random bytes, then takes
+    what it draws (recorded with the API of the day: sample_rows(samplers, logits, recents))."""
     rng = np.random.default_rng(case["seed"])
     params = case["params"]
     samplers = [Sampler(p, case["seed"] * 100 + i) for i, p in enumerate(params)]
-    recents = [rng.integers(0, 256, 20).tolist() for _ in params]
+    for s in samplers:
+        s.remember(rng.integers(0, 256, 20).tolist())
     drawn = []
     for _ in range(6):
         logits = rng.normal(scale=3, size=(len(params), 256)).astype(np.float32)
         logits = np.round(logits) if case["ties"] else logits
         if alone:
-            tokens = [sample_rows([s], logits[i:i + 1], [recents[i]])[0] for i, s in enumerate(samplers)]
+            tokens = [sample_rows([s], logits[i:i + 1])[0] for i, s in enumerate(samplers)]
         else:
-            tokens = sample_rows(samplers, logits, recents)
-        for token, s, r in zip(tokens, samplers, recents):
+            tokens = sample_rows(samplers, logits)
+        for token, s in zip(tokens, samplers):
             s.accepted(token)
-            r.append(token)
+            s.remember([token])
         drawn.append(tokens)
     return drawn
 

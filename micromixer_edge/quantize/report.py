@@ -11,7 +11,7 @@ import numpy as np
 from .. import format as fmt
 from ..runtime.context import DEFAULT_CONTEXT_MODE, sequence_logits
 from ..codec import encode_story, read_stories
-from ..runtime.evaluate import log_softmax
+from ..runtime.logprobs import log_softmax
 from ..runtime.model import MixerModel
 from ..runtime.selftest import greedy_ids
 from ..runtime.timing import step_tokens_per_s

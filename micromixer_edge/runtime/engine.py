@@ -25,7 +25,7 @@ from ..codec import encode_prompt
 from ..format import EOS_ID
 from . import snapshot
 from .context import DEFAULT_CONTEXT_MODE, FOLD_CHUNK, MODES, ContextMode, chunk_end, context_mode, sequence_logits
-from .logprobs import MAX_LOGPROBS, Entry, Trail
+from .logprobs import MAX_LOGPROBS, Entry, Trail, best, log_softmax
 from .prompt_cache import PromptCache
 from .state import State
 from .sampling import Sampler, SamplingParams, sample_rows, seed_value
@@ -147,8 +147,14 @@ class RefoldShare:
             r.waited += 1
         return set(due[go:])
 
+    def idle(self) -> None:
+        """No row is at a boundary, and none will be for a while (the engine skips `held`)."""
+        self.credit, self._due = 0.0, (0, 0)
+
     def spent(self, shared: float, folds: list[tuple[int, float]]) -> None:
         """After a step: the shared call's seconds and each re-fold's (tokens, seconds)."""
+        if not folds and not self._due[0]:
+            return
         for tokens, seconds in folds:
             self.per_token = seconds / tokens if self.per_token == 0 else 0.8 * self.per_token + 0.2 * seconds / tokens
         k, n = self._due
@@ -167,7 +173,6 @@ class Row:
     text: TextStream
     stats: GenerationStats
     history: list[int]                 # latest tokens (window and halve re-fold from them)
-    recent: list[int]                  # latest tokens for the repetition penalty
     logits: np.ndarray | None = None   # next-token logits, waiting to be sampled
     sums: np.ndarray | None = None     # (L, H) while not in a slot; the engine owns it otherwise
     position: int = 0
@@ -199,6 +204,17 @@ class Row:
         return self.trail.take(self.text.emitted, self.done, self.text.stopped)
 
 
+def _scores(rows: list[Row], block: np.ndarray) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """For each row i that keeps logprobs: (its (V,) log-softmax, its most likely bytes), the
+    rows' (B, V) logits `block` taken in one pass (logprobs.py)."""
+    asking = [i for i, r in enumerate(rows) if r.trail is not None]
+    if not asking:
+        return {}
+    logp = log_softmax(block[asking])  # (A, V)
+    top = best(logp, max(rows[i].trail.k for i in asking)).tolist()
+    return {i: (lp, t) for i, lp, t in zip(asking, logp, top)}
+
+
 class Engine:
     """Owns a model and its live rows; `step()` advances every live row by one byte in one call."""
 
@@ -212,6 +228,10 @@ class Engine:
         self._slots: list[Row] = []  # the row of each stepper row (the live rows when it was built)
         self._share = RefoldShare()
         self._held: set[Row] = frozenset()  # rows this step leaves at their boundary (RefoldShare)
+        self._folding: list[Row] = []       # rows whose new byte this step folds
+        self._block = None  # (rows, (B, V) logits) of the last shared call: the next step samples it
+        self._quiet = 0     # steps before any live row can reach its mode's boundary (0: look)
+        self._scoring = None  # whether a live row keeps logprobs (None: look)
 
     # --- joining and leaving -----------------------------------------------------------------
     def add(self, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
@@ -266,9 +286,8 @@ class Engine:
     def _remember_tokens(self, row: Row, ids: list[int], prompt: bool) -> None:
         """Tokens now in the row's state: its history (re-folds), repetition window, usage."""
         row.history = (row.history + list(ids))[-self.W:]
-        if prompt and row.options.sampling.repeat_last_n:
-            row.recent = (row.recent + list(ids))[-row.options.sampling.repeat_last_n:]
         if prompt:
+            row.sampler.remember(ids[-row.options.sampling.repeat_last_n:])
             row.stats.prompt_tokens += len(ids)
 
     def new_row(self, options: GenerateOptions, stats: GenerationStats | None = None) -> Row:
@@ -276,7 +295,7 @@ class Engine:
         mode = context_mode(options.context)
         trail = None if options.logprobs is None else Trail(options.logprobs)
         return Row(options, Sampler(options.sampling, options.seed), TextStream(options.stop),
-                   stats if stats is not None else GenerationStats(), [], [], mode=mode,
+                   stats if stats is not None else GenerationStats(), [], mode=mode,
                    event=mode.boundary(self.W), trail=trail, id=next(self._ids))
 
     def join(self, row: Row) -> Row:
@@ -304,7 +323,7 @@ class Engine:
         st = self._stepper.state
         for i, row in enumerate(self._slots):
             row.sums, row.position = st.sums[:, i].copy(), int(st.position[i])
-        self._stepper, self._slots = None, []
+        self._stepper, self._slots, self._block, self._quiet, self._scoring = None, [], None, 0, None
 
     def _attach(self, rows: list[Row]) -> None:
         """A stepper whose rows are `rows` (their states copied in)."""
@@ -320,22 +339,28 @@ class Engine:
         produced text or finished (see their `pieces` and `finish_reason`)."""
         if not self.rows:
             return []
-        t0, touched, finished, rows = time.perf_counter(), [], False, self.rows
-        held = self._held = self._share.held(rows, self.W)  # at a boundary, waiting for their share of time
-        stepping = [r for r in rows if r not in held] if held else rows
-        logits = np.stack([r.logits for r in stepping])  # (B, V): one sampling pass for every row
-        tokens = sample_rows([r.sampler for r in stepping], logits, [r.recent for r in stepping])
-        for row, token in zip(stepping, tokens):
+        t0, touched, rows = time.perf_counter(), [], self.rows
+        if self._quiet <= 0:  # some row may be at its boundary: it may have to wait for its share of time
+            self._held = self._share.held(rows, self.W)
+        stepping = [r for r in rows if r not in self._held] if self._held else rows
+        block = self._logits_of(stepping)  # (B, V): one sampling pass for every row
+        tokens = sample_rows([r.sampler for r in stepping], block)
+        if self._scoring is None:
+            self._scoring = any(r.trail is not None for r in rows)
+        scored = _scores(stepping, block) if self._scoring else None
+        ended = False
+        for i, row in enumerate(stepping):
+            token = tokens[i]
             try:  # a row's own failure ends that row alone (finish_reason "error")
                 if isinstance(token, Exception):
                     raise token
-                row.last = self._accept(row, token)
+                self._accept(row, token, scored[i] if scored and i in scored else None)
             except Exception as e:  # noqa: BLE001
                 self.fail(row, e)
-            if row.pieces or row.finish_reason:
+            if row.pieces or row.finish_reason is not None:
                 touched.append(row)
-                finished = finished or row.finish_reason is not None
-        if finished:
+                ended = ended or row.finish_reason is not None
+        if ended:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
         if self.rows:
@@ -349,47 +374,49 @@ class Engine:
             row.stats.decode_s += dt
         return touched
 
+    def _logits_of(self, rows: list[Row]) -> np.ndarray:
+        """(B, V) the rows' logits: the last shared call's block itself when it holds just them."""
+        if self._block is not None and self._block[0] == rows:
+            return self._block[1]
+        return np.stack([r.logits for r in rows])
+
     def fail(self, row: Row, e: BaseException) -> None:
         """End a row with an error (it leaves before the next step); the other rows go on."""
         row.finish_reason, row.error = Finish.ERROR, f"{type(e).__name__}: {e}"
 
     def abort(self, e: BaseException) -> list[Row]:
         """A step failed as a whole: every live row ends with the error, and the engine is empty."""
-        rows, self.rows, self._stepper, self._slots = self.rows, [], None, []
+        rows, self.rows, self._stepper, self._slots, self._block = self.rows, [], None, [], None
         for row in rows:
             self.fail(row, e)
         return rows
 
-    def _sample(self, row: Row) -> int:
-        return self._accept(row, row.sampler.sample(row.logits, row.recent))
-
-    def _accept(self, row: Row, token: int) -> int:
-        """The row's sampled byte: stats, repetition window, text, and whether the row ends."""
+    def _accept(self, row: Row, token: int, scored: tuple | None = None) -> None:
+        """The row's sampled byte: its logprobs (`scored`: see _scores), counts, repetition window,
+        text, and whether the row ends."""
         opts = row.options
+        row.last = token
         if row.trail is not None:
-            row.trail.add(token, row.logits)
+            row.trail.add(token, *scored)
         if token == EOS_ID and not opts.sampling.ignore_eos:
             row.finish_reason = Finish.STOP
-            self._finish_text(row)
-            return token
+            return self._finish_text(row)
         row.unfolded = True
-        row.sampler.accepted(token)
-        row.stats.ids.append(token)
-        row.stats.new_tokens += 1
-        if opts.sampling.repeat_last_n:
-            row.recent.append(token)
-            if len(row.recent) > 2 * opts.sampling.repeat_last_n:
-                del row.recent[:-opts.sampling.repeat_last_n]
-        piece = row.text.push(bytes((token,)))
+        sampler, stats = row.sampler, row.stats
+        if sampler.counted:
+            sampler.accepted(token)
+        sampler.remember_one(token)
+        stats.ids.append(token)
+        stats.new_tokens += 1
+        piece = row.text.push_byte(token)
         if piece:
             row.pieces.append(piece)
         if row.text.stopped:
             row.finish_reason = Finish.STOP
-        elif row.stats.new_tokens >= opts.max_new_tokens:
+        elif stats.new_tokens >= opts.max_new_tokens:
             row.finish_reason = Finish.LENGTH
         if row.finish_reason is not None:
             self._finish_text(row)
-        return token
 
     @staticmethod
     def _finish_text(row: Row) -> None:
@@ -402,50 +429,62 @@ class Engine:
         re-fold of its own for each row at its boundary (those `step` held took no token: they
         wait). Rows at a boundary stay out of the shared call: it would compute them for nothing.
         Returns the rows whose own re-fold failed (they leave)."""
-        rows, failed, held, self._held = self.rows, [], self._held, frozenset()
-        due = {i: row.mode.keep(self.W) for i, row in enumerate(rows) if row.position >= row.event}
-        stepping = [r for i, r in enumerate(rows) if i not in due] if due else rows
-        shared, folds = 0.0, []
+        held, self._held = self._held, frozenset()
+        rows = [r for r in self.rows if r not in held] if held else self.rows
+        due = [r for r in rows if r.position >= r.event] if self._quiet <= 0 else []
+        stepping = [r for r in rows if r.position < r.event] if due else rows
+        shared, folds, failed = 0.0, [], []
         if stepping:
             if self._stepper is None or self._slots != stepping:
                 self._detach()
                 self._attach(stepping)
             t0 = time.perf_counter()
-            logits = self._stepper.step([r.last for r in stepping]).copy()  # (B, V), one copy
+            logits = self._shared_call(stepping)
             shared = time.perf_counter() - t0
-            for i, row in enumerate(stepping):
-                row.logits, row.position = logits[i], row.position + 1
+            self._block = (stepping, logits)
+            for row, row_logits in zip(stepping, logits):
+                row.logits, row.position, row.unfolded = row_logits, row.position + 1, False
+                if row.event <= self.W:  # (a bounded mode: it keeps the latest tokens)
+                    self._remember(row)
         elif self._stepper is not None:
             self._detach()
-        for i, keep in due.items():
-            row = rows[i]
-            if row in held:
-                continue
+        for row in due:
             try:
                 t0 = time.perf_counter()
-                row.logits = self._refold(i, row, keep)
-                folds.append((keep + 1, time.perf_counter() - t0))
+                row.logits = self._refold(row, row.mode.keep(self.W))
+                folds.append((row.mode.keep(self.W) + 1, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - this row's re-fold: the others keep theirs
                 self.fail(row, e)
                 failed.append(row)
-        for row in rows:
-            if row not in held:
-                row.unfolded = False
-                self._remember(row)
+            row.unfolded = False
+            self._remember(row)
         self._share.spent(shared, folds)
         if failed:
-            self.rows = [r for r in rows if r.finish_reason is None]
+            self.rows = [r for r in self.rows if r.finish_reason is None]
+        self._quiet -= 1
+        if self._quiet <= 0 and self.rows:  # (a row's boundary is `event`; unbounded: never)
+            self._quiet = min(min(r.event - r.position for r in self.rows), 1 << 30)
+            if self._quiet > 0:
+                self._share.idle()
         return failed
+
+    def _shared_call(self, rows: list[Row]) -> np.ndarray:
+        """(B, V) the next logits of the stepper's rows, their new bytes folded in (a copy: the
+        stepper's buffer is overwritten by the next call). One row: the stepper's scalar path."""
+        if len(rows) == 1:
+            return self._stepper.step_one(rows[0].last).copy()[None]
+        return self._stepper.step([r.last for r in rows]).copy()
 
     def _remember(self, row: Row) -> None:
         """A bounded mode keeps the latest tokens, which it may re-fold (trimmed now and then)."""
         if row.event <= self.W:  # (a bounded mode's event is never past W)
-            row.history.append(row.last)
-            if len(row.history) > 2 * self.W:
-                del row.history[:-self.W]
+            history = row.history
+            history.append(row.last)
+            if len(history) > 2 * self.W:
+                del history[:-self.W]
 
-    def _refold(self, i: int, row: Row, keep: int) -> np.ndarray:
-        """Row i's last `keep` tokens and its new one, from position 0, in one call (a re-fold):
+    def _refold(self, row: Row, keep: int) -> np.ndarray:
+        """The row's last `keep` tokens and its new one, from position 0, in one call (a re-fold):
         its state (it is out of the stepper), and the logits it returns."""
         block = np.asarray([row.history[-keep:] + [row.last]], np.int64)
         logits, st = self.model.prefill(block)
@@ -463,7 +502,7 @@ class Engine:
         cfg, (version, mt, gauss) = self.model.config, row.sampler.rng.getstate()
         header = {"model_sha256": self.model.sha256, "num_layers": cfg.num_layers, "hidden_dim": cfg.hidden_dim,
                   "context": row.options.context, "position": row.position, "history": row.history,
-                  "recent": row.recent, "rng": [version, list(mt), gauss],
+                  "recent": row.sampler.recent, "rng": [version, list(mt), gauss],
                   "counts": sorted(row.sampler.counts.items()),
                   "shadow_position": None}  # (no longer written; a reader may ignore it)
         arrays = {"sums": row.sums, "logits": row.logits}
@@ -478,7 +517,8 @@ class Engine:
         snapshot.check_model(header, self.model.sha256, self.model.config)
         row = self.new_row(dataclasses.replace(options, context=header["context"]), stats)
         row.sums, row.position, row.logits = arrays["sums"], int(header["position"]), arrays["logits"]
-        row.history, row.recent = list(header["history"]), list(header["recent"])
+        row.history = list(header["history"])
+        row.sampler.remember(header["recent"])
         # a snapshot written with a halve shadow (shadow_sums): the row's own sums are complete
         version, mt, gauss = header["rng"]
         row.sampler.rng.setstate((version, tuple(mt), gauss))
@@ -501,40 +541,6 @@ class Engine:
     def run(self):
         """Step until every row is done, yielding (row, piece) as text is made."""
         while self.rows:
-            if len(self.rows) == 1 and self._stepper is not None and len(self._slots) == 1:
-                yield from self._run_single()
-                continue
             for row in self.step():
                 while row.pieces:
                     yield row, row.pieces.pop(0)
-
-    def _run_single(self):
-        """The batch-1 hot path of run() (mixer-run's loop): `step` for one row with the
-        bookkeeping inlined; boundaries and the row's end take the general path."""
-        row, remember = self.rows[0], self._remember
-        step_one = self._stepper.step_one
-        sample, pieces, t0 = self._sample, row.pieces, time.perf_counter()
-        try:
-            while True:
-                try:
-                    row.last = sample(row)
-                except Exception as e:  # noqa: BLE001 - the row's own failure ends it, as in `step`
-                    self.fail(row, e)
-                    return self._leave_single(row)
-                while pieces:
-                    yield row, pieces.pop(0)
-                if row.finish_reason is not None or row.position >= row.event:
-                    return self._leave_single(row)
-                row.logits = step_one(row.last)
-                row.unfolded, row.position = False, row.position + 1
-                remember(row)
-        finally:
-            row.stats.decode_s += time.perf_counter() - t0
-
-    def _leave_single(self, row: Row) -> None:
-        """The single row finished, or reached its mode's boundary: the general path takes it."""
-        if row.finish_reason is not None:
-            self._detach()
-            self.rows = []
-        else:
-            self._feed()

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..codec import encode_story
 from .context import sequence_logits
+from .logprobs import log_softmax
 from .model import MixerModel
 
 
@@ -21,12 +22,6 @@ class EvalResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else float("nan")
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def story_nats(model: MixerModel, story: bytes, mode: str) -> tuple[float, int]:

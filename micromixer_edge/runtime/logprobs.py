@@ -44,10 +44,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def _entry(logp: np.ndarray, token: int, k: int, offset: int) -> Entry:
-    """logp (V,): the byte's entry; ties among the top k go to the lower byte."""
-    best = np.argsort(-logp, kind="stable")[:k].tolist()
-    top = [(t, float(logp[t])) for t in best] + ([] if token in best else [(token, float(logp[token]))])
+def best(logp: np.ndarray, k: int) -> np.ndarray:
+    """(..., V) log-probabilities -> (..., k) the k most likely bytes of each row, most likely
+    first; ties go to the lower byte."""
+    return np.argsort(-logp, axis=-1, kind="stable")[..., :k]
+
+
+def _entry(logp: np.ndarray, token: int, top_ids: list[int], offset: int) -> Entry:
+    """logp (V,), top_ids its k most likely bytes: the byte's entry."""
+    top = [(t, float(logp[t])) for t in top_ids] + ([] if token in top_ids else [(token, float(logp[token]))])
     return Entry(token, float(logp[token]), tuple(top), offset)
 
 
@@ -89,17 +94,20 @@ class Trail:
         for j in range(start, len(ids)):
             logp = next(rows) if j > 0 else None  # logits[j - 1]: what predicted ids[j]
             at = offsets.next(ids[j])
-            entries.append(_entry(logp, ids[j], k, at) if j > start else Entry(ids[j], None, (), at))
+            entries.append(_entry(logp, ids[j], best(logp, k).tolist(), at) if j > start
+                           else Entry(ids[j], None, (), at))
         return cls(k, entries, offsets.close())
 
     def copy(self, k: int) -> "Trail":
         """A fork's trail: the entries so far (a prompt's), nothing generated yet."""
         return Trail(k, self.entries, self.base)
 
-    def add(self, token: int, logits: np.ndarray) -> None:
-        """The row drew `token` from these (V,) logits (eos too: it ends the row, no text)."""
+    def add(self, token: int, logp: np.ndarray, top_ids: list[int]) -> None:
+        """The row drew `token` (eos too: it ends the row, no text) where the model gave these (V,)
+        log-probabilities, whose most likely bytes are top_ids (at least k of them, in order).
+        The engine takes the log-softmax and the top bytes of every such row in one pass."""
         at = self._offsets.close() if token == EOS_ID else self._offsets.next(token)  # eos: the text's end
-        self.entries.append(_entry(log_softmax(logits), token, self.k, self.base + at))
+        self.entries.append(_entry(logp, token, top_ids[:self.k], self.base + at))
 
     def take(self, chars: int, final: bool = False, cut: bool = False) -> list[Entry]:
         """The entries not taken yet whose text is out: the caller has `chars` characters of
