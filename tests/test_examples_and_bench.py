@@ -48,3 +48,7 @@ def test_bench_json_fields(export_file):
         ref = doc[f"reference_{th}t_tokens_per_s"]["median"]
         assert ref > 0
         assert model[f"speedup_vs_reference_{th}t"] == pytest.approx(model[f"decode_tokens_per_s_{th}t"]["median"] / ref)
+    for name in ("halve", "halve_t0.8"):  # 3,000 bytes greedy, and at temperature 0.8 beside it
+        ref = doc["reference_1t_tokens_per_s"]["median"]
+        speed = model[f"decode_3000_{name}_tokens_per_s"]["median"]
+        assert model[f"speedup_3000_{name}_vs_reference_1t"] == pytest.approx(speed / ref)

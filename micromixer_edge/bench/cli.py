@@ -45,6 +45,9 @@ def bench_command(model_paths, reference, threads, repeats, as_json):
         for r in results:
             for th in sorted({1, threads}):
                 r[f"speedup_vs_reference_{th}t"] = r[f"decode_tokens_per_s_{th}t"].median / refs[f"reference_{th}t"].median
+            for name in ("halve", "halve_t0.8"):  # 3,000 bytes, one thread: greedy, and at 0.8 beside it
+                r[f"speedup_3000_{name}_vs_reference_1t"] = (r[f"decode_3000_{name}_tokens_per_s"].median
+                                                             / refs["reference_1t"].median)
     env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
            "python": platform.python_version(), "new_tokens": NEW_TOKENS}

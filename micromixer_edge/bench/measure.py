@@ -53,11 +53,15 @@ def decode_tokens_per_s(model: MixerModel, tokens: int = NEW_TOKENS) -> float:
     return stats.tokens_per_s
 
 
-def long_decode(model: MixerModel, mode: str, tokens: int = 3000) -> tuple[float, float]:
-    """Greedy decoding of `tokens` bytes in a context mode, past several W boundaries: (bytes/s
-    over the whole run, the longest gap in ms between two consecutive pieces of text)."""
-    options = GenerateOptions(max_new_tokens=tokens, sampling=SamplingParams(temperature=0, ignore_eos=True),
-                              context=mode)
+LONG_RUNS = [("halve", "halve", 0.0), ("unbounded", "unbounded", 0.0), ("halve_t0.8", "halve", 0.8)]
+
+
+def long_decode(model: MixerModel, mode: str, tokens: int = 3000, temperature: float = 0) -> tuple[float, float]:
+    """Decoding of `tokens` bytes in a context mode, past several W boundaries, greedy or at a
+    temperature with the default filters (seed 0): (bytes/s over the whole run, the longest gap
+    in ms between two consecutive pieces of text)."""
+    sampling = SamplingParams(temperature=temperature, ignore_eos=True)
+    options = GenerateOptions(max_new_tokens=tokens, sampling=sampling, context=mode, seed=0)
     t0 = last = time.perf_counter()
     gap = 0.0
     for _ in stream(model, PROMPT, options):
@@ -146,10 +150,11 @@ def bench_model(path: str, threads: int, repeats: int) -> dict:
         "cold_start_ms": Stat.of([c[0] * 1e3 for c in cold]),
         "peak_rss_mb": max(runner_process(path, NEW_TOKENS)[1] for _ in range(2)),
     }
-    runs = {mode: [long_decode(model, mode) for _ in range(repeats)] for mode in ("halve", "unbounded")}
-    for mode, r in runs.items():  # 3000 bytes: halve passes W many times
-        result[f"decode_3000_{mode}_tokens_per_s"] = Stat.of([x[0] for x in r])
-        result[f"decode_3000_{mode}_longest_gap_ms"] = max(x[1] for x in r)
+    runs = {name: [long_decode(model, mode, temperature=t) for _ in range(repeats)]
+            for name, mode, t in LONG_RUNS}
+    for name, r in runs.items():  # 3000 bytes: halve passes W many times
+        result[f"decode_3000_{name}_tokens_per_s"] = Stat.of([x[0] for x in r])
+        result[f"decode_3000_{name}_longest_gap_ms"] = max(x[1] for x in r)
     for b in (1, 8, 64):
         result[f"batch{b}_tokens_per_s"] = Stat.of(repeat(lambda: batch_tokens_per_s(many, b), repeats))
     step_ms = 1e3 / result["decode_tokens_per_s_1t"].median

@@ -429,23 +429,19 @@ class Engine:
         re-fold of its own for each row at its boundary (those `step` held took no token: they
         wait). Rows at a boundary stay out of the shared call: it would compute them for nothing.
         Returns the rows whose own re-fold failed (they leave)."""
+        if self._quiet > 0:  # no row is near its boundary (nor held): the shared call alone
+            self._quiet -= 1
+            self._fold_shared(self.rows)
+            return []
         held, self._held = self._held, frozenset()
         rows = [r for r in self.rows if r not in held] if held else self.rows
-        due = [r for r in rows if r.position >= r.event] if self._quiet <= 0 else []
+        due = [r for r in rows if r.position >= r.event]
         stepping = [r for r in rows if r.position < r.event] if due else rows
         shared, folds, failed = 0.0, [], []
         if stepping:
-            if self._stepper is None or self._slots != stepping:
-                self._detach()
-                self._attach(stepping)
             t0 = time.perf_counter()
-            logits = self._shared_call(stepping)
+            self._fold_shared(stepping)
             shared = time.perf_counter() - t0
-            self._block = (stepping, logits)
-            for row, row_logits in zip(stepping, logits):
-                row.logits, row.position, row.unfolded = row_logits, row.position + 1, False
-                if row.event <= self.W:  # (a bounded mode: it keeps the latest tokens)
-                    self._remember(row)
         elif self._stepper is not None:
             self._detach()
         for row in due:
@@ -461,12 +457,23 @@ class Engine:
         self._share.spent(shared, folds)
         if failed:
             self.rows = [r for r in self.rows if r.finish_reason is None]
-        self._quiet -= 1
-        if self._quiet <= 0 and self.rows:  # (a row's boundary is `event`; unbounded: never)
-            self._quiet = min(min(r.event - r.position for r in self.rows), 1 << 30)
+        if self.rows:  # (a row's boundary is `event`; unbounded: never)
+            self._quiet = min(min(r.event - r.position for r in self.rows), 1 << 30) - 1
             if self._quiet > 0:
                 self._share.idle()
         return failed
+
+    def _fold_shared(self, stepping: list[Row]) -> None:
+        """The shared call: each stepping row's new token folded in, its next logits kept."""
+        if self._stepper is None or self._slots != stepping:
+            self._detach()
+            self._attach(stepping)
+        logits = self._shared_call(stepping)
+        self._block = (stepping, logits)
+        for row, row_logits in zip(stepping, logits):
+            row.logits, row.position, row.unfolded = row_logits, row.position + 1, False
+            if row.event <= self.W:  # (a bounded mode: it keeps the latest tokens)
+                self._remember(row)
 
     def _shared_call(self, rows: list[Row]) -> np.ndarray:
         """(B, V) the next logits of the stepper's rows, their new bytes folded in (a copy: the
