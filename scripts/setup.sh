@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install micromixer-edge with its export, hub, serve, test, lmeval and bench extras (idempotent).
+# Create .venv (once) and install micromixer-edge with its export, hub, serve, structured, test, lmeval and bench extras (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,6 +10,6 @@ stamp=.venv/.micromixer-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned (torch==2.13.0, CPU build) in the export extra
-  .venv/bin/python -m pip install --quiet -e '.[export,hub,serve,test,lmeval,bench]'
+  .venv/bin/python -m pip install --quiet -e '.[export,hub,serve,structured,test,lmeval,bench]'
   touch "$stamp"
 fi

@@ -37,10 +37,10 @@ def test_the_scheme_table_of_docs_format_md_is_the_codes():
 def test_the_field_table_of_docs_server_md_is_the_servers():
     """Every request field the server reads or refuses is a row of docs/server.md's table, and
     every row is one of them; a refused field's row says so."""
-    from micromixer_edge.serve.fields import FIELDS, REFUSED
+    from micromixer_edge.serve.fields import FIELDS, REFUSED, STRUCTURED
     rows = _table(ROOT / "docs" / "server.md", "field")
     documented = {name: row[1] for row in rows for name in re.findall(r"`([a-z_]+)", row[0])}
-    assert set(documented) == {f.name for f in FIELDS} | set(REFUSED) | {"prompt", "messages"}
+    assert set(documented) == {f.name for f in FIELDS} | set(REFUSED) | set(STRUCTURED) | {"prompt", "messages"}
     for name in REFUSED:
         assert documented[name].startswith("refused (400)")
     for name in {f.name for f in FIELDS}:

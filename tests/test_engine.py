@@ -205,3 +205,34 @@ def test_a_failing_sampler_ends_its_row_with_error_alone_or_in_a_batch(small, mo
         pass
     assert made[0].finish_reason == "error" and "injected" in made[0].error
     assert all(r.finish_reason in ("stop", "length") for r in made[1:])
+
+
+@pytest.mark.parametrize("mode", ["window", "halve"])
+def test_a_row_joining_just_after_a_lone_rows_refold_keeps_its_bytes(small, mode):
+    """A lone halve row re-folds at W and leaves no stepper; the engine then knows no row is near
+    a boundary. A row that joins at that moment, one byte short of its own boundary, must still
+    have it checked (the reviewer's case: it ran past W)."""
+    W, options = small.max_seq_len, GenerateOptions.of(max_new_tokens=40, context=mode, seed=5, temperature=0.8)
+    prompt = "a" * (W - 2)  # bos and W - 2 bytes: position W - 1
+    alone = Engine(small)
+    row = alone.add(prompt, options)
+    expected = _texts(alone, [row])
+    engine = Engine(small)
+    first = engine.add("x", GenerateOptions.of(max_new_tokens=2 * W, context="halve", seed=1))
+    before = first.position
+    while first.position >= before:  # until it has just re-folded
+        before = first.position
+        engine.step()
+    row = engine.add(prompt, options)
+    assert ["".join(p for r, p in engine.run() if r is row)] == expected
+
+
+def test_a_logprobs_row_after_a_failed_step(small):
+    engine = Engine(small)
+    engine.add("x", GenerateOptions.of(max_new_tokens=200, context="unbounded"))
+    for _ in range(3):
+        engine.step()
+    engine.abort(RuntimeError("the shared call failed"))
+    row = engine.add("hello", GenerateOptions.of(max_new_tokens=5, logprobs=2))
+    list(engine.run())
+    assert row.finish_reason == "length" and len(row.take_logprobs()) == 5

@@ -53,6 +53,34 @@ def _logit_bias(pairs) -> tuple | None:
     return tuple(out) or None
 
 
+def _constraint(json_schema, regex, choices, grammar):
+    """The one structured-output flag given (a usage error for two), checked before the model loads."""
+    from .constraint import Constraint
+    given = [name for name, v in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choices),
+                                  ("--grammar", grammar)) if v]
+    if len(given) > 1:
+        raise click.UsageError(f"give one structured-output flag, not {' and '.join(given)}")
+    if json_schema:
+        constraint = Constraint.json_schema(_read_text(json_schema))
+    elif regex is not None:
+        constraint = Constraint.regex(regex)
+    elif choices:
+        constraint = Constraint.choice(choices)
+    elif grammar:
+        constraint = Constraint.grammar(_read_text(grammar), "lark" if grammar.endswith(".lark") else "gbnf")
+    else:
+        return None
+    constraint.compile()  # (a MixerError names what is wrong: one line, exit 1)
+    return constraint
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not UTF-8 text") from None
+
+
 def _field_flag(cls, *decls: str, help: str):
     """An option for a field of `cls` (GenerateOptions, SamplingParams): its type and the default
     shown in --help come from the field; unset, it is None and the field's own default applies."""
@@ -84,6 +112,15 @@ def _stats_line(stats) -> str:
 @click.option("--seed", type=int, help="Seed of the sampler [default: random; with --load-state, the saved "
                                        "generator goes on, and --seed starts it afresh].")
 @click.option("--stop", multiple=True, help="Stop when this string is generated (repeatable).")
+@click.option("--json-schema", "json_schema", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Structured output: the text is JSON valid under the JSON schema in FILE (compact; "
+                   "numbers the schema leaves unbounded get at most 15 digits and 6 decimals).")
+@click.option("--regex", help="Structured output: the text matches this regular expression (whole).")
+@click.option("--choice", "choices", multiple=True, help="Structured output: the text is one of these "
+                                                         "strings (repeatable).")
+@click.option("--grammar", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Structured output: the text is in the grammar in FILE (GBNF, as llama.cpp's; Lark if "
+                   "FILE ends in .lark). Needs the structured extra, as the three above.")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--context", "context", type=click.Choice(CONTEXT_MODES), default=DEFAULT_CONTEXT_MODE,
               show_default=True, help="Past max_seq_len: halve (re-fold the last half), window (the "
@@ -118,6 +155,7 @@ def run_command(model_path, prompt, threads, echo, stats, backend, selftest, sav
         prompt = _read_stdin_prompt()
     # only what the user set: every default is GenerateOptions' and SamplingParams' own
     kw["logit_bias"] = _logit_bias(kw["logit_bias"])
+    kw["constraint"] = _constraint(kw.pop("json_schema"), kw.pop("regex"), kw.pop("choices"), kw.pop("grammar"))
     options = GenerateOptions.of(**{k: v for k, v in kw.items() if v is not None})
     if prompt is not None and not prompt and not load_state:
         raise click.UsageError("the prompt is empty; give text with -p, or -p - to read stdin")

@@ -84,8 +84,10 @@ class Sampler:
     """One row's sampling parameters, seeded generator, and what its penalties remember: the
     last repeat_last_n tokens (prompt and generated) and how often each byte was generated."""
 
-    def __init__(self, params: SamplingParams, seed: int | None = None, vocab_size: int = 256):
+    def __init__(self, params: SamplingParams, seed: int | None = None, vocab_size: int = 256,
+                 constrained: bool = False):
         self.params = params
+        self.mask = None  # (V,) bool, a constrained row's allowed bytes this step (set by the engine)
         self.rng = random.Random(seed_value(seed))
         self.banned = list(banned_ids(params))
         self._allowed = [i not in self.banned for i in range(vocab_size)]  # by id, for the greedy fast path
@@ -99,7 +101,7 @@ class Sampler:
         if params.logit_bias:
             self._bias = np.zeros(vocab_size)
             self._bias[[int(t) for t, _ in params.logit_bias]] = [b for _, b in params.logit_bias]
-        self.adjusts = self.penalized or self.counted or self._bias is not None
+        self.adjusts = self.penalized or self.counted or self._bias is not None or constrained
         self.plain_greedy = params.temperature == 0 and not self.adjusts
         self.top_k = params.top_k or vocab_size
         # 0 is greedy; any other temperature at least TINY_TEMPERATURE, so that (x - max) / T never
@@ -212,7 +214,9 @@ def _one(s: Sampler, logits: np.ndarray) -> int | Exception:
 def _adjust(x: np.ndarray, samplers: list[Sampler]) -> None:
     """(R, V) float64 logits, in place, before temperature: CTRL's repetition penalty over each
     row's window, then OpenAI's presence and frequency penalties over the bytes it generated, then
-    its logit bias; each for the rows that have it, in one numpy call for all of them."""
+    its logit bias; each for the rows that have it, in one numpy call for all of them. Last, a
+    constrained row's mask (runtime/constraint.py): what it does not allow is -inf, so that
+    temperature and the filters see only allowed bytes."""
     rows = [r for r, s in enumerate(samplers) if s.penalized and s.recent]
     if rows:
         seen = np.stack([samplers[r]._window for r in rows]) > 0  # (P, V)
@@ -225,6 +229,9 @@ def _adjust(x: np.ndarray, samplers: list[Sampler]) -> None:
     rows = [r for r, s in enumerate(samplers) if s._bias is not None]
     if rows:
         x[rows] += np.stack([samplers[r]._bias for r in rows])
+    for r, s in enumerate(samplers):
+        if s.mask is not None:
+            x[r, ~s.mask] = -np.inf
 
 
 PICK_ROWS = 8  # up to this many rows draw one by one in Python floats (measured: scripts/engine_bench.py)

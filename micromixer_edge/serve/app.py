@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import time
@@ -17,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import BadRequest, QueueFull, ShuttingDown
+from ..errors import BadRequest, MixerError, QueueFull, ShuttingDown
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ..runtime.logprobs import token_text
 from .access import USAGE, AccessLog, LineWriter
@@ -98,6 +99,10 @@ class Service:
                                on_death)
         self.answers = Budget(int(settings.answers_in_flight_mb * 2**20))
         self.lane = asyncio.Lock()  # whole answers encode one at a time (answer.paced), on this app's loop
+        # constraints compile one at a time in a thread of their own (llguidance releases the GIL);
+        # the next starts when the last has ended, even one whose request timed out
+        self.compiler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="constraint")
+        self.compiling = asyncio.Semaphore(1)
         self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
                                                settings.max_prompt_bytes)
 
@@ -146,6 +151,8 @@ class Service:
         whole, in the endpoint's shape."""
         try:
             req = await parse(await self.body(request))
+            if req.options.constraint is not None:
+                await self._compile(req)
             if not self.answers.take(req.answer_bytes):
                 raise QueueFull(f"the server is busy: the answers in flight could hold "
                                 f"{self.answers.held / 2**20:.1f} MB (--answers-in-flight-mb "
@@ -170,6 +177,26 @@ class Service:
             return await self._whole(shape, req, request, jobs, cid, created)
         finally:
             self._cancel_open(jobs)
+
+    async def _compile(self, req) -> None:
+        """Compile the request's constraint off the decode thread, within --constraint-seconds of
+        its turn; a 400 naming the field if it is invalid or too slow."""
+        await self.compiling.acquire()
+        job = asyncio.get_running_loop().run_in_executor(self.compiler, req.options.constraint.compile)
+        job.add_done_callback(self._compiled)
+        field, seconds = req.constrained_by, self.settings.constraint_seconds
+        try:
+            await asyncio.wait_for(asyncio.shield(job), seconds)
+        except asyncio.TimeoutError:
+            raise BadRequest(400, f"{field}: the constraint did not compile within {seconds:g} s "
+                                  f"(--constraint-seconds); simplify it", field) from None
+        except MixerError as e:
+            raise BadRequest(400, f"{field}: {e}", field) from None
+
+    def _compiled(self, job: asyncio.Future) -> None:
+        self.compiling.release()
+        if not job.cancelled():
+            job.exception()  # (retrieved: one that timed out may fail later, unheard)
 
     def _cancel_open(self, jobs) -> None:
         for job in jobs:

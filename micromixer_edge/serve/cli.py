@@ -30,6 +30,10 @@ SWITCH_SECONDS = 0.0005
 # loop: 10 whole answers of 4,096 bytes x 20 alternatives kept /health at 313-414 ms, 144-208 ms
 # with these (docs/performance.md). What is loaded at start is frozen out of the collections.
 GC_THRESHOLDS = (50_000, 20, 100)
+# A request body may nest JSON deeper than CPython's default limit (1,000) lets json.loads go, as a
+# hostile JSON schema does: parsed, it gets a 400 that names its field (a schema nests at most 64
+# deep, runtime/constraint.py); the C decoder's frames are small, so the main thread's stack holds
+JSON_DEPTH = 5000
 DEATH_GRACE_SECONDS = 1.0  # a dead decode loop: 503s (and /health's reason) this long, then exit 1
 
 
@@ -63,6 +67,7 @@ def run(settings: Settings) -> None:
     supervisor such as systemd restarts the server)."""
     from .app import create_app
     sys.setswitchinterval(SWITCH_SECONDS)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_DEPTH))
     died = []
 
     def on_death():  # from the decode thread: uvicorn's main loop polls should_exit

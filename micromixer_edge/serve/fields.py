@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ..errors import MixerError, BadRequest
 from ..codec import utf8
 from ..format import VOCAB_SIZE
+from ..runtime.constraint import Constraint
 from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
 from ..runtime.sampling import MIN_PENALTY
@@ -105,7 +106,84 @@ FIELDS = (
 
 # OpenAI's fields this server does not implement -> the value that means "off" (accepted): a
 # client that needs one gets a 400 that names it, never an answer that silently lacks it
-REFUSED = {"best_of": 1, "suffix": "", "tools": [], "functions": [], "response_format": {"type": "text"}}
+REFUSED = {"best_of": 1, "suffix": "", "tools": [], "functions": []}
+
+
+# Structured output, in the three dialects clients speak (docs/structured.md); at most one a
+# request. Each turns its value into a Constraint or raises MixerError (a 400 naming the field).
+def _response_format(v) -> Constraint | None:
+    """OpenAI's: {"type": "text"} (none), {"type": "json_object"}, or {"type": "json_schema",
+    "json_schema": {"name", "schema", "strict"}} (strict or not, the schema is enforced)."""
+    kind = v.get("type") if isinstance(v, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint.json_object()
+    if kind == "json_schema":
+        spec = v.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+            raise MixerError("json_schema.schema must be a JSON schema (an object)")
+        if not isinstance(spec.get("name", ""), str) or not isinstance(spec.get("strict", False), (bool, type(None))):
+            raise MixerError("json_schema.name must be a string and json_schema.strict a boolean")
+        return Constraint.json_schema(spec["schema"])
+    raise MixerError('must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                     '"json_schema": {"name": ..., "schema": {...}}}')
+
+
+def _structured_outputs(v) -> Constraint:
+    """vLLM's: one of {"json": schema}, {"regex": ...}, {"choice": [...]}, {"grammar": ...},
+    {"json_object": true}."""
+    keys = [k for k in ("json", "regex", "choice", "grammar", "json_object") if isinstance(v, dict) and k in v]
+    if len(keys) != 1:
+        raise MixerError("must be an object with one of json, regex, choice, grammar, json_object")
+    key, value = keys[0], v[keys[0]]
+    if key == "json" and isinstance(value, (dict, bool, str)):
+        return Constraint.json_schema(value)
+    if key == "json_object" and value is True:
+        return Constraint.json_object()
+    if key in ("regex", "grammar") and isinstance(value, str):
+        return Constraint.regex(value) if key == "regex" else Constraint.grammar(value)
+    if key == "choice" and isinstance(value, list) and value and all(isinstance(c, str) and c for c in value):
+        return Constraint.choice(value)
+    raise MixerError({"json": "json must be a JSON schema", "json_object": "json_object must be true",
+                      "regex": "regex must be a string", "grammar": "grammar must be a string (GBNF or Lark)",
+                      "choice": "choice must be a non-empty list of non-empty strings"}[key])
+
+
+def _grammar(v) -> Constraint:
+    """llama.cpp's: a GBNF grammar (Lark is taken too)."""
+    if not isinstance(v, str):
+        raise MixerError("must be a GBNF grammar (a string)")
+    return Constraint.grammar(v)
+
+
+def _json_schema(v) -> Constraint:
+    """llama.cpp's: a JSON schema."""
+    if not isinstance(v, (dict, bool)):
+        raise MixerError("must be a JSON schema (an object)")
+    return Constraint.json_schema(v)
+
+
+STRUCTURED = {"response_format": _response_format, "structured_outputs": _structured_outputs,
+              "grammar": _grammar, "json_schema": _json_schema}
+
+
+def _given(req: dict) -> list[str]:
+    return [name for name in STRUCTURED if req.get(name) is not None and req[name] != {"type": "text"}]
+
+
+def _constraint(req: dict) -> Constraint | None:
+    """The request's constraint: at most one of STRUCTURED may be given (response_format
+    {"type": "text"} counts as not given)."""
+    given = _given(req)
+    if len(given) > 1:
+        raise BadRequest(400, f"give one of {', '.join(STRUCTURED)}, not {' and '.join(given)}", given[1])
+    if not given:
+        return None
+    try:
+        return STRUCTURED[given[0]](req[given[0]])
+    except MixerError as e:
+        raise BadRequest(400, f"{given[0]}: {e}", given[0]) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +195,7 @@ class CompletionRequest:
     n: int = 1                # choices per prompt
     echo: bool = False        # each choice's text begins with its prompt
     answer_bytes: int = 0     # the most JSON its answer can hold (serve/answer.py)
+    constrained_by: str | None = None  # the STRUCTURED field that gave options.constraint
 
     def prompt_text(self, index: int) -> str:
         """What choice `index` echoes before its text ("" without echo)."""
@@ -243,8 +322,10 @@ def parse_detokenize(body: bytes) -> bytes:
 def _json_object(body: bytes) -> dict:
     try:
         req = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, an integer too long
+    except ValueError:  # not JSON, not UTF-8, an integer too long
         raise BadRequest(400, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest(400, "the request body nests too deep to parse") from None
     if not isinstance(req, dict):
         raise BadRequest(400, "the request body must be a JSON object")
     return req
@@ -273,6 +354,7 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
     echo = endpoint == "text" and req.get("echo") is True
     if endpoint == "chat":
         given["logprobs"] = _chat_logprobs(req)
+    given["constraint"] = _constraint(req)
     given["prompt_logprobs"] = echo and given.get("logprobs") is not None
     if given["prompt_logprobs"] and given.get("context") == "window" and \
             sum(sizes) > MAX_WINDOW_SCORED_BYTES:
@@ -291,7 +373,8 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
     cost = answer_bytes(endpoint, sizes, n, options.max_new_tokens, options.logprobs, echo, options.prompt_logprobs)
     if cost > settings.max_answer_bytes:
         raise BadRequest(400, _too_big(cost, settings, endpoint, options), _costly_field(endpoint, options, n))
-    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo, cost)
+    return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo, cost,
+                             _given(req)[0] if options.constraint is not None else None)
 
 
 def _costly_field(endpoint: str, options: GenerateOptions, n: int) -> str:

@@ -41,6 +41,9 @@ class Settings:
     template_seconds: float = _opt(1.0, "A chat template must render within this many seconds (else that "
                                         "request's 400) and load within 10x as long (else the server refuses to "
                                         "start); it runs in a process of its own.", 0.01)
+    constraint_seconds: float = _opt(2.0, "A structured-output constraint (JSON schema, regex, grammar) must compile, "
+                                          "with its first mask, within this many seconds, else that request's 400; "
+                                          "constraints compile one at a time, off the decode thread.", 0.01)
     timeout_seconds: float = _opt(5.0, "A request (headers and body) must arrive within this many seconds "
                                        "of its first byte, else 408 and the connection closes; also the "
                                        "keep-alive idle time, and how long a client may leave a full write "
@@ -73,5 +76,6 @@ class Settings:
 
     @property
     def max_body_bytes(self) -> int:
-        """A JSON body may escape each prompt byte as \\uXXXX (6 bytes), plus room for the rest."""
-        return 6 * self.max_prompt_bytes + 65536
+        """A JSON body may escape each prompt byte as \\uXXXX (6 bytes), plus room for the rest (a
+        structured-output constraint is up to 64 KB, and one over it gets a 400 that says so)."""
+        return 6 * self.max_prompt_bytes + 2**21

@@ -1,0 +1,304 @@
+"""Structured output: a constraint (JSON schema, JSON object, regex, choice, GBNF or Lark grammar)
+as a mask over the 256 byte ids, exact at the byte level.
+
+Every token of this model is one byte, so a constraint is a set of allowed bytes at each step,
+with none of the token-boundary problems of subword vocabularies. The masks come from llguidance
+(the `structured` extra; Rust, no runtime dependencies, aarch64 wheels; the engine behind
+onnxruntime-genai's and vLLM's constrained decoding): it compiles all six kinds, computes a mask
+in a few µs, and tells which bytes are forced (`Matcher.forced`), which the engine folds without
+sampling. Its compile and first masks release the GIL (a server compiles off its decode thread).
+
+The vocabulary as llguidance sees it: ids 0-2 are pad, bos and eos (special); ids 3-255 are those
+bytes. Byte 255 reads as a special-token marker in its tokenizer wrapper, which is harmless here:
+0xFF never occurs in UTF-8, and every constraint is over UTF-8 text.
+
+JSON is compact (no whitespace between items), every number the schema leaves unbounded is
+bounded here (at most 15 integer digits, 6 decimals, no exponent), and every string it leaves
+free (no maxLength, pattern, format) is at most 64 characters, an array at most 16 items (or
+its minItems); an object that does not say what
+else it may hold holds only its properties, or (with none listed) at most 8 keys that are names
+of at most 32 characters (`KEY`), their values nesting at most 3 deep: so that a weak model cannot loop on blanks, digits, story text or new keys
+until max_tokens. The bounds only narrow: whatever is generated still validates against the
+schema as given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from ..errors import MixerError
+from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+
+KINDS = ("json_schema", "json_object", "regex", "choice", "gbnf", "lark")
+MAX_SOURCE_BYTES = 64 * 1024     # a constraint's text (schema, regex, grammar): larger is refused
+MAX_DEPTH = 64                   # a JSON schema's nesting
+BIG = 10 ** 15 - 1               # unbounded integers: at most 15 digits
+STEP = 1e-6                      # unbounded numbers: at most 6 decimals (a multipleOf)
+MAX_STRING = 64                  # free strings: at most this many characters
+MAX_ITEMS = 16                   # arrays without maxItems: at most this many (or minItems)
+KEY = "^[A-Za-z_][A-Za-z0-9_]{0,31}$"  # the keys of an object that lists no properties
+COMPACT = {"whitespace_flexible": False}  # llguidance's JSON options: '{"a":1,"b":[2,3]}'
+
+# llguidance's lexer fuel per step bounds what one mask may cost (a hostile grammar fails there,
+# as a 400 when it fails while compiling or on its first masks, else as that row's error)
+LIMITS = dict(step_lexer_fuel=200_000, initial_lexer_fuel=1_000_000, max_grammar_size=500_000,
+              max_lexer_states=100_000)
+HINT = "install the structured extra: pip install 'micromixer-edge[structured]'"
+
+MAX_KEYS = 8                     # ... and at most this many of them
+ANY_DEPTH = 3                    # free values (json_object's, an object's that lists no properties) nest this deep
+
+
+def _any(depth: int = ANY_DEPTH) -> dict:
+    """$defs for any JSON value with numbers, strings, arrays and objects bounded as above,
+    nesting at most `depth` arrays or objects: "mixer_any" is the top, "mixer_any_0" scalars only."""
+    scalars = [{"type": "null"}, {"type": "boolean"}, {"type": "integer", "minimum": -BIG, "maximum": BIG},
+               {"type": "number", "minimum": -BIG, "maximum": BIG, "multipleOf": STEP},
+               {"type": "string", "maxLength": MAX_STRING}]
+    defs = {"mixer_any_0": {"anyOf": scalars}}
+    for level in range(1, depth + 1):
+        inner = {"$ref": f"#/$defs/mixer_any_{level - 1}"}
+        defs[f"mixer_any_{level}"] = {"anyOf": scalars + [
+            {"type": "array", "items": inner, "maxItems": MAX_ITEMS},
+            {"type": "object", "patternProperties": {KEY: inner}, "additionalProperties": False,
+             "maxProperties": MAX_KEYS}]}
+    defs["mixer_any"] = {"$ref": f"#/$defs/mixer_any_{depth}"}
+    return defs
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """What a row's bytes must form. `kind` is one of KINDS; `source` the schema (JSON text), the
+    regex, the choices (a JSON list of strings) or the grammar text. Build one with the class
+    methods; `compile()` checks it (MixerError naming the reason) and keeps the result."""
+    kind: str
+    source: str
+    _compiled: list = dataclasses.field(default_factory=list, compare=False, repr=False)  # [template matcher]
+
+    @classmethod
+    def json_schema(cls, schema: dict | str) -> "Constraint":
+        try:
+            text = schema if isinstance(schema, str) else json.dumps(schema)
+        except (ValueError, RecursionError):  # (a circular or too deep object)
+            raise MixerError(f"the JSON schema nests deeper than {MAX_DEPTH}") from None
+        return cls("json_schema", text)
+
+    @classmethod
+    def json_object(cls) -> "Constraint":
+        return cls("json_object", "")
+
+    @classmethod
+    def regex(cls, pattern: str) -> "Constraint":
+        return cls("regex", pattern)
+
+    @classmethod
+    def choice(cls, choices) -> "Constraint":
+        return cls("choice", json.dumps(list(choices)))
+
+    @classmethod
+    def grammar(cls, text: str, syntax: str = "gbnf") -> "Constraint":
+        return cls(syntax, text)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise MixerError(f"constraint kind must be one of {', '.join(KINDS)}")
+        if len(self.source.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
+            raise MixerError(f"the {_what(self.kind)} is over {MAX_SOURCE_BYTES // 1024} KB")
+
+    def compile(self) -> None:
+        """Check the constraint and build its matcher, with its first mask (the costly part:
+        a server calls this off its decode thread). MixerError says what is wrong and where."""
+        if self._compiled:
+            return
+        llg, tokenizer = _llguidance()
+        grammar = self._grammar(llg)
+        try:
+            limits = llg.LLParserLimits(**LIMITS)
+            message = llg.LLMatcher.validate_grammar(grammar, tokenizer, limits=limits)
+            matcher = None if message else llg.LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
+        except Exception as e:  # noqa: BLE001 - whatever llguidance raises, the request's fault
+            message = str(e) or type(e).__name__
+        if message:
+            raise MixerError(f"invalid {_what(self.kind)}: {_first_lines(message)}")
+        try:
+            allowed = _check(matcher, self.kind)
+        except MixerError as e:  # (llguidance's word for a language with no text in it)
+            raise MixerError(f"the {_what(self.kind)} allows no text at all" if "NoExtension" in str(e)
+                             else str(e)) from None
+        if not allowed.any():
+            raise MixerError(f"the {_what(self.kind)} allows no text at all")
+        self._compiled.append(matcher)
+
+    def matcher(self) -> "Matcher":
+        """A fresh matcher for one row (compiled first if it was not)."""
+        self.compile()
+        return Matcher(self._compiled[0].deep_copy(), self.kind)
+
+    def _grammar(self, llg) -> str:
+        """The llguidance grammar of this constraint (MixerError if the source is malformed)."""
+        try:
+            if self.kind == "json_schema":
+                return llg.grammar_from("json_schema", json.dumps(bounded(_schema(self.source))))
+            if self.kind == "json_object":
+                return llg.grammar_from("json_schema", json.dumps(bounded({"type": "object"})))
+            if self.kind == "choice":
+                return llg.grammar_from("lark", "start: " + " | ".join(_lark_string(c) for c in _choices(self.source)))
+            return llg.grammar_from(self.kind, self.source)
+        except MixerError:
+            raise
+        except Exception as e:  # noqa: BLE001 - llguidance's GBNF converter raises plain exceptions
+            raise MixerError(f"invalid {_what(self.kind)}: {_first_lines(str(e))}") from None
+
+
+class Matcher:
+    """One row's place in its constraint: which bytes may come next, which are forced."""
+
+    def __init__(self, matcher, kind: str):
+        self._m, self.kind = matcher, kind
+
+    def allowed(self) -> np.ndarray:
+        """(256,) bool: the bytes the constraint allows next; eos where it accepts."""
+        return _check(self._m, self.kind)
+
+    def forced(self) -> bytes:
+        """The bytes the constraint forces next, whatever the model says (maybe none)."""
+        return self._m.compute_ff_bytes()
+
+    def consume(self, tokens) -> None:
+        """The row took these ids (bytes, or eos)."""
+        if not self._m.consume_tokens(list(tokens)):
+            raise MixerError(f"the constraint refused a byte: {_first_lines(self._m.get_error())}")
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing more may follow (the text is complete)."""
+        return self._m.is_stopped()
+
+
+def _check(matcher, kind: str) -> np.ndarray:
+    """The matcher's next mask as (256,) bool, or MixerError if it failed (fuel, a dead end)."""
+    mask = matcher.compute_bitmask()
+    if matcher.is_error():
+        raise MixerError(f"the {_what(kind)} failed: {_first_lines(matcher.get_error())}")
+    allowed = np.unpackbits(np.frombuffer(mask, np.uint8), bitorder="little")[:VOCAB_SIZE].astype(bool)
+    allowed[[PAD_ID, BOS_ID, 255]] = False  # (255: the wrapper's special marker, never UTF-8)
+    return allowed
+
+
+def bounded(schema):
+    """A JSON schema (changed in place, and returned) with compact separators and every unbounded
+    number bounded (see the module doc); objects that do not say what else they hold may hold
+    bounded values."""
+    if isinstance(schema, bool):
+        schema = {} if schema else {"not": {}}
+    _bound(schema, 0)
+    defs = schema.setdefault("$defs", {})
+    if not isinstance(defs, dict):
+        raise MixerError("invalid JSON schema: $defs must be an object")
+    defs.update(_any())
+    schema["x-guidance"] = COMPACT
+    return schema
+
+
+def _bound(node, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MixerError(f"the JSON schema nests deeper than {MAX_DEPTH}")
+    if isinstance(node, list):
+        for item in node:
+            _bound(item, depth + 1)
+        return
+    if not isinstance(node, dict):
+        return
+    types = node.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "integer" in types or "number" in types:
+        if "minimum" not in node and "exclusiveMinimum" not in node:
+            node["minimum"] = -BIG
+        if "maximum" not in node and "exclusiveMaximum" not in node:
+            node["maximum"] = BIG
+        if "number" in types and "multipleOf" not in node:
+            node["multipleOf"] = STEP
+    if "string" in types and not {"maxLength", "pattern", "format", "enum", "const"} & node.keys():
+        node["maxLength"] = MAX_STRING
+    if "array" in types and "maxItems" not in node:
+        low = node.get("minItems")
+        node["maxItems"] = max(MAX_ITEMS, low if isinstance(low, int) and not isinstance(low, bool) else 0)
+    if "object" in types and "additionalProperties" not in node:
+        _close(node)
+    for key, value in node.items():
+        if key not in ("enum", "const", "default", "examples", "x-guidance"):
+            _bound(value, depth + 1)
+
+
+def _close(node: dict) -> None:
+    """An object schema that does not say what else it holds: only its properties, or with none
+    listed, keys that are names (KEY) and bounded values; as it was if it requires a key it
+    does not list (that key would be impossible)."""
+    listed = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    required = node.get("required") if isinstance(node.get("required"), list) else []
+    if any(name not in listed for name in required):
+        node["additionalProperties"] = {"$ref": "#/$defs/mixer_any"}
+    elif listed or "patternProperties" in node:
+        node["additionalProperties"] = False
+    else:
+        node["patternProperties"] = {KEY: {"$ref": "#/$defs/mixer_any"}}
+        node["additionalProperties"] = False
+        node.setdefault("maxProperties", MAX_KEYS)
+
+
+def _schema(source: str):
+    try:
+        schema = json.loads(source)
+    except (ValueError, RecursionError):
+        raise MixerError("invalid JSON schema: it is not JSON") from None
+    if not isinstance(schema, (dict, bool)):
+        raise MixerError("invalid JSON schema: it must be an object (or true)")
+    return schema
+
+
+def _choices(source: str) -> list[str]:
+    choices = json.loads(source)
+    if not (isinstance(choices, list) and choices and all(isinstance(c, str) and c for c in choices)):
+        raise MixerError("choice needs a non-empty list of non-empty strings")
+    return choices
+
+
+def _lark_string(text: str) -> str:
+    """A Lark string literal of text (JSON's escapes are Lark's)."""
+    return json.dumps(text)
+
+
+def _what(kind: str) -> str:
+    return {"json_schema": "JSON schema", "json_object": "JSON object", "regex": "regex", "choice": "choice",
+            "gbnf": "GBNF grammar", "lark": "Lark grammar"}[kind]
+
+
+def _first_lines(message: str, lines: int = 6) -> str:
+    """An llguidance message on one line (its position and caret lines kept, in order)."""
+    return " | ".join(line.rstrip() for line in message.strip().splitlines()[:lines] if line.strip())
+
+
+_LLG = []
+
+
+def _llguidance():
+    """(the llguidance module, this vocabulary as its tokenizer), imported once."""
+    if not _LLG:
+        try:
+            import llguidance
+        except ImportError:
+            raise MixerError(f"structured output needs llguidance: {HINT}") from None
+        _LLG.append((llguidance, llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))))
+    return _LLG[0]
+
+
+class _Bytes:
+    """This model's vocabulary in the shape llguidance's TokenizerWrapper reads."""
+    eos_token_id, bos_token_id = EOS_ID, BOS_ID
+    tokens = [b"\xff[pad]", b"\xff[bos]", b"\xff[eos]"] + [bytes([b]) for b in range(3, VOCAB_SIZE)]
+    special_token_ids = [PAD_ID, BOS_ID, EOS_ID]
+
+    def __call__(self, text: bytes) -> list[int]:
+        return list(text)
