@@ -44,6 +44,10 @@ class BadRequest(Exception):
         self.status, self.param = status, param
 
 
+class TemplateRefused(Exception):
+    """A chat template's raise_exception(message): its message is the request's 400."""
+
+
 class QueueFull(Exception):
     """More requests wait than --max-queue allows (429)."""
 

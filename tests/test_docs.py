@@ -1,4 +1,5 @@
 """The docs say what the code does: tables that name the code's own lists are checked against them."""
+import dataclasses
 import re
 from pathlib import Path
 
@@ -45,6 +46,28 @@ def test_the_field_table_of_docs_server_md_is_the_servers():
         assert documented[name].startswith("refused (400)")
     for name in {f.name for f in FIELDS}:
         assert not documented[name].startswith("refused")
+
+
+def test_the_sampling_bounds_in_the_docs_and_the_playground_are_sampling_params():
+    """Each sampling bound has one home (SamplingParams' field metadata): the docs' table states
+    the server's 400 text and default for each, and the playground's inputs carry the same."""
+    from micromixer_edge.runtime.sampling import SamplingParams
+    from micromixer_edge.serve.fields import FIELDS
+    from micromixer_edge.serve.settings import Settings
+    rows = _table(ROOT / "docs" / "server.md", "field")
+    for field in FIELDS:
+        bound = {f.name: f.metadata.get("bound") for f in dataclasses.fields(SamplingParams)}.get(field.option)
+        if bound is None:
+            continue
+        row = next(r for r in rows if f"`{field.name}`" in r[0])
+        assert field.what(None) == bound.text(served=True) and row[1].startswith(field.what(None)), row
+        assert row[2] == f"{getattr(SamplingParams(), field.option):g}", row
+    page = (ROOT / "micromixer_edge" / "serve" / "static" / "index.html").read_text()
+    temperature = re.search(r'id="temperature"[^>]*min="([\d.]+)" max="([\d.]+)"[^>]*value="([\d.]+)"', page)
+    bound = SamplingParams.bound("temperature")
+    assert [float(x) for x in temperature.groups()] == [bound.low, bound.served, SamplingParams().temperature]
+    max_tokens = re.search(r'id="max_tokens"[^>]*max="(\d+)"', page)
+    assert int(max_tokens.group(1)) == next(f.default for f in dataclasses.fields(Settings) if f.name == "max_tokens_limit")
 
 
 def test_the_route_table_of_docs_server_md_is_the_apps():

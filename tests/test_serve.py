@@ -18,7 +18,7 @@ from micromixer_edge.runtime.model import MixerModel
 
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
-from serving import Served  # noqa: E402
+from serving import Served, alone, metric, wait_idle  # noqa: E402
 
 
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named", "Tom had a big red",
@@ -31,12 +31,8 @@ def _alone(model, prompt, n, seed, temperature=0.8, context="halve"):
 
 def _alone_row(model, prompt, n, seed, temperature=0.8, context="halve", stop=(), **sampling):
     """(text, finish_reason, completion tokens) of the request's row run alone in an engine."""
-    from micromixer_edge.runtime.engine import Engine
-    engine = Engine(model)
-    row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, temperature=temperature,
-                                                context=context, stop=stop, **sampling))
-    text = "".join(piece for _, piece in engine.run())
-    return text, row.finish_reason, row.stats.new_tokens
+    return alone(model, prompt, max_new_tokens=n, seed=seed, temperature=temperature, context=context, stop=stop,
+                 **sampling)
 
 
 def test_openai_client_matches_mixer_run(server, bundled):
@@ -88,21 +84,16 @@ def _stream(url, prompt, n, seed, drop_after=None):
     return "".join(text), finish, usage
 
 
-def _metric(url, name):
-    text = httpx.get(url + "/metrics").text
-    return sum(float(v) for k, v in re.findall(rf"^({name}(?:{{[^}}]*}})?) (\S+)$", text, re.M))
-
-
 def test_32_concurrent_streams_equal_each_alone(server, bundled):
     model = MixerModel(bundled["int8"])
-    before = _metric(server.url, "mixer_tokens_generated_total")
+    before = metric(server.url, "mixer_tokens_generated_total")
     jobs = [(PROMPTS[i % 8] + " " * (i // 8), 200, 1000 + i) for i in range(32)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         results = list(pool.map(lambda j: _stream(server.url, *j), jobs))
     for (prompt, n, seed), (text, finish, usage) in zip(jobs, results):
         assert (text, finish, usage["completion_tokens"]) == _alone_row(model, prompt, n, seed), prompt
     generated = sum(u["completion_tokens"] for _, _, u in results)
-    assert _metric(server.url, "mixer_tokens_generated_total") - before == generated
+    assert metric(server.url, "mixer_tokens_generated_total") - before == generated
 
 
 def test_dropped_connections_free_their_rows(server, bundled):
@@ -115,10 +106,7 @@ def test_dropped_connections_free_their_rows(server, bundled):
             assert (text, finish) == _alone_row(model, prompt, n, seed)[:2]
         else:
             assert finish == "dropped"
-    deadline = time.monotonic() + 10
-    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json() == {"status": "ok", "active_rows": 0, "queued_requests": 0,
+    assert wait_idle(server.url, 10) == {"status": "ok", "active_rows": 0, "queued_requests": 0,
                                                         "model": bundled["int8"].stem}
 
 
@@ -192,7 +180,7 @@ def browser(tmp_path):
 
 
 def _requests_total(url) -> float:
-    return _metric(url, "mixer_requests_total")
+    return metric(url, "mixer_requests_total")
 
 
 def test_playground_streams_a_story_in_headless_chromium(server, browser, tmp_path):
@@ -234,10 +222,7 @@ def test_playground_stop_cancels_the_stream(server, browser):
     browser.eval("document.getElementById('go').click(); true")
     browser.wait_for("document.getElementById('status').textContent === 'stopped'")
     assert browser.eval("document.getElementById('go').textContent") == "Generate"
-    deadline = time.monotonic() + 5
-    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json()["active_rows"] == 0
+    assert wait_idle(server.url)["active_rows"] == 0
 
 
 def test_playground_empty_fields_mean_the_defaults(server, browser):

@@ -16,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from serving import Served, rss_mb  # noqa: E402
+from serving import Served, rss_mb, wait_idle  # noqa: E402
 
 HEALTH_BOUND = 0.5   # seconds /health may take, whatever else runs (the bound)
 GAP_BOUND = 1.0      # seconds a running stream may go without a chunk
@@ -308,9 +308,7 @@ def test_no_request_moves_health_past_the_bound(server, request):
     path, body = request
     worst, status = asyncio.run(_health_while(server.url, path, body, 8))
     assert status in (0, 200, 400, 413, 429) and worst < HEALTH_BOUND, (status, worst)
-    deadline = time.monotonic() + 10  # the client left: its rows go before the next example
-    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_idle(server.url, 10)  # the client left: its rows go before the next example
 
 
 def test_clients_that_never_read_are_dropped_and_give_their_share_back(bundled):

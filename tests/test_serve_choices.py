@@ -9,16 +9,14 @@ import pytest
 httpx = pytest.importorskip("httpx")  # the test extra; the fast tier runs without it
 pytest.importorskip("openai")
 pytest.importorskip("starlette")
-from serving import Served  # noqa: E402
+from serving import Served, alone, wait_idle  # noqa: E402
 
 from micromixer_edge.runtime.engine import Engine, GenerateOptions  # noqa: E402
 from micromixer_edge.runtime.model import MixerModel  # noqa: E402
 
 
 def _alone(bundled, prompt, n, seed, **kw):
-    engine = Engine(MixerModel(bundled["int8"]))
-    row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, **kw))
-    return "".join(p for _, p in engine.run()), row.finish_reason
+    return alone(bundled["int8"], prompt, max_new_tokens=n, seed=seed, **kw)[:2]
 
 
 def test_a_list_of_prompts_gives_one_choice_each_in_order(server, bundled):
@@ -98,11 +96,7 @@ def test_the_health_counts_the_forks_and_frees_them(server):
         lines = r.iter_lines()
         next(lines)
         assert httpx.get(server.url + "/health").json()["active_rows"] == 5
-    import time
-    deadline = time.monotonic() + 5
-    while httpx.get(server.url + "/health").json()["active_rows"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json()["active_rows"] == 0
+    assert wait_idle(server.url)["active_rows"] == 0
 
 
 def test_logit_bias_and_openais_penalties(server, bundled):

@@ -20,38 +20,10 @@ from micromixer_edge.runtime.generate import generate
 from micromixer_edge.runtime.model import MixerModel
 
 pytest.importorskip("starlette")
-from serving import Served, rss_mb  # noqa: E402
+from serving import Served, health, metric, rss_mb, sse, wait_idle  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named", "Tom had a big red"]
-
-
-def _health(url) -> dict:
-    return httpx.get(url + "/health").json()
-
-
-def _metric(url, name) -> float:
-    return float(re.search(rf"^{name} (\S+)$", httpx.get(url + "/metrics").text, re.M).group(1))
-
-
-def _sse(url, body, timeout=60):
-    """Raw SSE over httpx: (text, the last event's JSON document)."""
-    text, last = [], None
-    with httpx.Client(timeout=timeout) as c, c.stream("POST", url + "/v1/completions", json=body) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                last = json.loads(line[6:])
-                text += [ch["text"] for ch in last.get("choices", [])]
-    return "".join(text), last
-
-
-def _wait_idle(url, seconds=5.0) -> dict:
-    deadline, h = time.monotonic() + seconds, _health(url)
-    while (h["active_rows"] or h["queued_requests"]) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        h = _health(url)
-    return h
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +50,7 @@ def test_a_failing_row_ends_alone_and_the_others_run_on(faulty, bundled):
              {"prompt": "Lily and Ben", "max_tokens": 120, "seed": 666, "stream": True, "ignore_eos": True},
              {"prompt": "The sun was", "max_tokens": 120, "seed": 3, "stream": True}]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-        results = list(pool.map(lambda b: _sse(faulty.url, b), jobs))
+        results = list(pool.map(lambda b: sse(faulty.url, b), jobs))
     for body, (text, last) in zip(jobs, results):
         if body["prompt"].startswith("FAIL") or body.get("seed") == 666:
             assert last["error"]["type"] == "server_error" and "injected" in last["error"]["message"], last
@@ -87,7 +59,7 @@ def test_a_failing_row_ends_alone_and_the_others_run_on(faulty, bundled):
             assert text == want and last["choices"][0]["finish_reason"] in ("stop", "length")
     plain = httpx.post(faulty.url + "/v1/completions", json={"prompt": "FAIL-PREPARE", "max_tokens": 5}, timeout=30)
     assert plain.status_code == 500 and "injected" in plain.json()["error"]["message"]
-    assert _wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
+    assert wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
 
 
 def test_a_row_whose_refold_fails_ends_alone(faulty, bundled):
@@ -98,23 +70,23 @@ def test_a_row_whose_refold_fails_ends_alone(faulty, bundled):
             {"prompt": long, "max_tokens": 60, "seed": 4, "context": "window", "stream": True},
             {"prompt": "Lily and Ben", "max_tokens": 1, "seed": 5, "stream": True}]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-        results = list(pool.map(lambda b: _sse(faulty.url, b), jobs))
+        results = list(pool.map(lambda b: sse(faulty.url, b), jobs))
     assert "injected: this row's re-fold failed" in results[0][1]["error"]["message"]
     for body, (text, last) in zip(jobs[1:], results[1:]):
         opts = GenerateOptions.of(max_new_tokens=body["max_tokens"], seed=body["seed"],
                                   context=body.get("context", "halve"))
         assert text == generate(model, body["prompt"], opts) and last["choices"][0]["finish_reason"] in ("stop",
                                                                                                          "length")
-    assert _wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
+    assert wait_idle(faulty.url)["active_rows"] == 0 and faulty.proc.poll() is None
 
 
 def test_a_failing_step_ends_its_rows_and_the_server_serves_on(faulty, bundled):
-    text, last = _sse(faulty.url, {"prompt": "FAIL-STEP", "max_tokens": 50, "stream": True})
+    text, last = sse(faulty.url, {"prompt": "FAIL-STEP", "max_tokens": 50, "stream": True})
     assert "injected: the shared step failed" in last["error"]["message"]
     model = MixerModel(bundled["int8"])
     after = faulty.client.completions.create(model="m", prompt="Once upon a time", max_tokens=40, seed=5)
     assert after.choices[0].text == generate(model, "Once upon a time", GenerateOptions.of(max_new_tokens=40, seed=5))
-    assert _health(faulty.url)["status"] == "ok"
+    assert health(faulty.url)["status"] == "ok"
 
 
 def test_a_failed_shared_step_keeps_the_rows_that_finished_in_it(bundled, monkeypatch):
@@ -220,7 +192,7 @@ def test_fuzz_the_completions_api_then_it_answers_and_holds_no_rows(server):
     one()
     ok = server.client.completions.create(model="m", prompt="Once upon a time", max_tokens=20, temperature=0)
     assert ok.choices[0].finish_reason in ("stop", "length")
-    h = _wait_idle(server.url)
+    h = wait_idle(server.url)
     assert (h["status"], h["active_rows"], h["queued_requests"]) == ("ok", 0, 0)
 
 
@@ -246,7 +218,7 @@ def test_null_means_absent(server, field):
                                           ("suffix", "The end."), ("logit_bias", {"300": 5}), ("logit_bias", {"a": 1}),
                                           ("logit_bias", {"50": 101}), ("presence_penalty", 2.5),
                                           ("frequency_penalty", -3), ("tools", [{"type": "function"}]),
-                                          ("functions", [{"name": "f"}]), ("response_format", {"type": "json_object"})])
+                                          ("functions", [{"name": "f"}]), ("response_format", {"type": "xml"})])
 def test_fields_not_built_or_out_of_bounds_are_refused_by_name(server, field, value):
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", field: value})
     assert r.status_code == 400 and r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
@@ -256,7 +228,7 @@ def test_lone_surrogates_are_a_400_and_the_server_serves_on(server):
     for body in (b'{"prompt": "a\\ud800b"}', b'{"prompt": "x", "stop": ["\\udc00"]}'):
         r = httpx.post(server.url + "/v1/completions", content=body)
         assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
-    assert _health(server.url)["status"] == "ok" and _wait_idle(server.url)["active_rows"] == 0
+    assert health(server.url)["status"] == "ok" and wait_idle(server.url)["active_rows"] == 0
     assert server.client.completions.create(model="m", prompt="Hi", max_tokens=3).choices
 
 
@@ -308,7 +280,7 @@ def test_slow_sockets_are_closed_and_others_served_meanwhile(server):
     finally:
         for s in socks:
             s.close()
-    assert _health(server.url)["status"] == "ok"
+    assert health(server.url)["status"] == "ok"
 
 
 def _answer(s) -> bytes:
@@ -382,7 +354,7 @@ def test_a_client_that_gives_up_on_a_whole_answer_frees_its_row_within_a_second(
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             list(pool.map(give_up, range(20)))
         t0 = time.monotonic()
-        h = _wait_idle(s.url, 1.0)
+        h = wait_idle(s.url, 1.0)
         assert h["active_rows"] == 0 and h["queued_requests"] == 0, (h, time.monotonic() - t0)
     finally:
         assert s.stop() == 0
@@ -392,12 +364,12 @@ def test_metrics_and_health_agree_idle_under_load_and_after_drops(bundled):
     s = Served(bundled["int8"])
     try:
         def agree():
-            h = _health(s.url)
-            return (h["active_rows"], h["queued_requests"]) == (_metric(s.url, "mixer_active_rows"),
-                                                                 _metric(s.url, "mixer_queue_depth")), h
-        assert agree() == (True, {**_health(s.url), "active_rows": 0})
+            h = health(s.url)
+            return (h["active_rows"], h["queued_requests"]) == (metric(s.url, "mixer_active_rows"),
+                                                                 metric(s.url, "mixer_queue_depth")), h
+        assert agree() == (True, {**health(s.url), "active_rows": 0})
         done = httpx.post(s.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 5}, timeout=30)
-        assert done.status_code == 200 and agree() == (True, {**_health(s.url), "active_rows": 0})  # ended by itself
+        assert done.status_code == 200 and agree() == (True, {**health(s.url), "active_rows": 0})  # ended by itself
         body = {"prompt": "Once", "max_tokens": 4000, "ignore_eos": True, "stream": True}
         clients = [httpx.Client(timeout=30) for _ in range(8)]
         streams = [c.stream("POST", s.url + "/v1/completions", json=body) for c in clients]
@@ -409,7 +381,7 @@ def test_metrics_and_health_agree_idle_under_load_and_after_drops(bundled):
         for st_, c in zip(streams, clients):
             st_.__exit__(None, None, None)
             c.close()
-        h = _wait_idle(s.url, 2.0)
+        h = wait_idle(s.url, 2.0)
         assert h["active_rows"] == 0 and agree()[0]
     finally:
         assert s.stop() == 0
@@ -460,7 +432,7 @@ def test_an_endless_head_is_431_not_a_gigabyte(server):
         except ConnectionResetError:
             answer = b""
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
-    assert rss_mb(server.proc.pid) - before < 20 and _health(server.url)["status"] == "ok"
+    assert rss_mb(server.proc.pid) - before < 20 and health(server.url)["status"] == "ok"
 
 
 def test_malformed_http_gets_a_json_400(server):

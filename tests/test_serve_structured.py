@@ -19,8 +19,7 @@ pydantic = pytest.importorskip("pydantic")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from micromixer_edge.runtime.constraint import Constraint  # noqa: E402
-from micromixer_edge.runtime.engine import Engine, GenerateOptions  # noqa: E402
-from micromixer_edge.runtime.model import MixerModel  # noqa: E402
+from serving import alone, sse_docs  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                            "age": {"type": "integer", "minimum": 0, "maximum": 120}},
@@ -34,9 +33,7 @@ class Pet(pydantic.BaseModel):
 
 
 def _alone(bundled, prompt, constraint, seed, n=300):
-    engine = Engine(MixerModel(bundled["int8"]))
-    row = engine.add(prompt, GenerateOptions.of(max_new_tokens=n, seed=seed, constraint=constraint))
-    return "".join(p for _, p in engine.run()), row.finish_reason
+    return alone(bundled["int8"], prompt, max_new_tokens=n, seed=seed, constraint=constraint)[:2]
 
 
 def test_openai_chat_response_format_json_schema_and_json_object(server, bundled):
@@ -157,9 +154,9 @@ def test_ten_hostile_constraints_do_not_stall_a_stream(server):
         while not done.is_set():
             last = None
             with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
-                for line in r.iter_lines():
+                for _ in sse_docs(r):
                     now = time.monotonic()
-                    if line.startswith("data: ") and last is not None:
+                    if last is not None:
                         gaps.append(now - last)
                     last = now
 

@@ -14,7 +14,7 @@ from micromixer_edge.codec import encode_prompt, read_stories, utf8
 from micromixer_edge.errors import BadRequest, MixerError, SnapshotError
 from micromixer_edge.runtime import protobuf, snapshot
 from micromixer_edge.runtime.context import CONTEXT_MODES, MODES, context_mode
-from micromixer_edge.runtime.sampling import MIN_PENALTY
+from micromixer_edge.runtime.sampling import MIN_PENALTY, SamplingParams
 
 pytestmark = pytest.mark.fast
 
@@ -147,7 +147,7 @@ def test_a_request_parses_or_is_a_bad_request(body):
     p = req.options.sampling
     assert all(isinstance(p, (str, bytes)) for p in req.prompts) and 0 <= req.options.max_new_tokens <= 4096
     assert 0 <= p.temperature <= 2 and 0 < p.top_p <= 1 and 0 <= p.top_k <= 256 and 0 <= p.min_p <= 1
-    assert MIN_PENALTY <= p.repetition_penalty <= 10 and req.options.context in CONTEXT_MODES
+    assert MIN_PENALTY <= p.repetition_penalty <= SamplingParams.bound("repetition_penalty").served and req.options.context in CONTEXT_MODES
     assert req.options.logprobs is None or 0 <= req.options.logprobs <= 5
     assert req.options.prompt_logprobs == (req.echo and req.options.logprobs is not None)
 

@@ -14,7 +14,7 @@ bytes. Byte 255 reads as a special-token marker in its tokenizer wrapper, which 
 
 JSON is compact (no whitespace between items), every number the schema leaves unbounded is
 bounded here (at most 15 integer digits, 6 decimals, no exponent), and every string it leaves
-free (no maxLength, pattern, format) is at most 64 characters, an array at most 16 items (or
+free (no maxLength or format; a pattern may still be free) is at most 64 characters, an array at most 16 items (or
 its minItems); an object that does not say what
 else it may hold holds only its properties, or (with none listed) at most 8 keys that are names
 of at most 32 characters (`KEY`), their values nesting at most 3 deep: so that a weak model cannot loop on blanks, digits, story text or new keys
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
@@ -220,8 +221,8 @@ def _bound(node, depth: int) -> None:
             node["maximum"] = BIG
         if "number" in types and "multipleOf" not in node:
             node["multipleOf"] = STEP
-    if "string" in types and not {"maxLength", "pattern", "format", "enum", "const"} & node.keys():
-        node["maxLength"] = MAX_STRING
+    if "string" in types and not {"maxLength", "format", "enum", "const"} & node.keys():
+        _bound_string(node)
     if "array" in types and "maxItems" not in node:
         low = node.get("minItems")
         node["maxItems"] = max(MAX_ITEMS, low if isinstance(low, int) and not isinstance(low, bool) else 0)
@@ -230,6 +231,17 @@ def _bound(node, depth: int) -> None:
     for key, value in node.items():
         if key not in ("enum", "const", "default", "examples", "x-guidance"):
             _bound(value, depth + 1)
+
+
+def _bound_string(node: dict) -> None:
+    """A free string at most MAX_STRING characters, more if its minLength or its pattern's counted
+    parts need more; a pattern without an unbounded part (*, +, {n,}) bounds it already."""
+    pattern = node.get("pattern") if isinstance(node.get("pattern"), str) else None
+    if pattern is not None and not re.search(r"[*+]|\{\d*,\}", pattern):
+        return
+    least = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
+    counted = sum(int(n) for n in re.findall(r"\{(\d+)(?:,(\d+))?\}", pattern or "") for n in n if n)
+    node["maxLength"] = MAX_STRING + max(least, counted)
 
 
 def _close(node: dict) -> None:

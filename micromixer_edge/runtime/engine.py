@@ -191,6 +191,7 @@ class Row:
     id: int = 0
     waited: int = 0                    # steps it has waited at its boundary for its share of time
     matcher: Matcher | None = None     # its place in options.constraint, when it has one
+    pending: list[int] = dataclasses.field(default_factory=list)  # forced bytes its matcher took, one a step
 
     @property
     def done(self) -> bool:
@@ -218,6 +219,19 @@ def _scores(rows: list[Row], block: np.ndarray) -> dict[int, tuple[np.ndarray, l
     logp = log_softmax(block[asking])  # (A, V)
     top = best(logp, max(rows[i].trail.k for i in asking)).tolist()
     return {i: (lp, t) for i, lp, t in zip(asking, logp, top)}
+
+
+PENDING_ROWS = 8   # live rows from which forced bytes go one a step in the shared call (scripts/structured_bench.py)
+
+
+def _next_mask(matcher: Matcher) -> tuple:
+    """(the bytes the constraint forces now, else b"" and the (V,) allowed bytes); (error, None)
+    if it failed."""
+    try:
+        forced = matcher.forced()
+        return (forced, None) if forced else (forced, matcher.allowed())
+    except Exception as e:  # noqa: BLE001 - this row's constraint: the row ends with the error
+        return e, None
 
 
 class Engine:
@@ -382,6 +396,7 @@ class Engine:
         if ended:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
+
         if self.rows:
             try:
                 failed = self._feed()
@@ -413,15 +428,16 @@ class Engine:
         for i, row in enumerate(stepping):
             if row.matcher is None:
                 continue
-            try:
-                forced = row.matcher.forced()
-                if forced:
-                    row.matcher.consume(forced)
-                    runs[i], row.sampler.mask = list(forced), None
-                else:
-                    row.sampler.mask = row.matcher.allowed()
-            except Exception as e:  # noqa: BLE001 - its constraint failed: the row ends with the error
-                runs[i], row.sampler.mask = e, None
+            if row.pending:  # (the matcher took them already)
+                runs[i], row.sampler.mask = [row.pending.pop(0)], None
+                continue
+            forced, allowed = _next_mask(row.matcher)
+            row.sampler.mask = allowed
+            if isinstance(forced, Exception):  # its constraint failed: the row ends with the error
+                runs[i] = forced
+            elif forced:
+                row.matcher.consume(forced)
+                runs[i] = list(forced)
         return runs
 
     def _then_forced(self, row: Row, token: int) -> list[int]:
@@ -435,18 +451,22 @@ class Engine:
 
     def _take_run(self, row: Row, run: list[int], scored: tuple | None) -> None:
         """A constrained row's bytes this step (`run`: one sampled byte and the bytes forced after
-        it, or a forced run): all but the last folded now in a call of the row's own, the last as
-        every row's new byte. Forced bytes cost that fold, not a sample; with logprobs, each is
-        scored from the logits before it. Ends the row where its constraint is complete."""
+        it, or a forced run). Forced bytes cost a fold, not a sample. Few rows: all but the last
+        folded now in a call of the row's own (with logprobs, each scored from the logits before
+        it), the last as every row's new byte. Many rows: one byte a step in the shared call,
+        where a row costs a fraction of a call of its own (`pending`). Ends the row where its
+        constraint is complete."""
         if isinstance(run, Exception):
             raise run
         run = run[:max(1, row.options.max_new_tokens - row.stats.new_tokens)]
+        if len(run) > 1 and len(self.rows) >= PENDING_ROWS:
+            run, row.pending = run[:1], run[1:]
         scores = [scored] + self._fold_run(row, run[:-1]) if len(run) > 1 else [scored]
         for token, score in zip(run, scores):
             self._accept(row, token, score)
             if row.done:
                 return
-        if row.matcher.stopped:
+        if row.matcher.stopped and not row.pending:
             row.finish_reason = Finish.STOP
             self._finish_text(row)
 

@@ -39,32 +39,64 @@ TINY_TEMPERATURE = 1e-30
 
 
 @dataclasses.dataclass(frozen=True)
+class Bound:
+    """A sampling field's range, its one home: the runtime checks it (SamplingParams), the server
+    derives its request fields and their 400 messages from it (serve/fields.py), the docs' and
+    the playground's numbers are tested against it. `served`: the server's upper bound where the
+    API's is tighter than the runtime's (OpenAI's temperature 2, llama.cpp's repeat_penalty 10)."""
+    low: float
+    high: float | None = None
+    above: bool = False          # low itself excluded
+    served: float | None = None
+    integer: bool = False
+
+    def holds(self, v, served: bool = False) -> bool:
+        high = self.served if served and self.served is not None else self.high
+        kind = (isinstance(v, int) if self.integer else isinstance(v, (int, float)) and math.isfinite(v))
+        return (kind and not isinstance(v, bool) and (v > self.low if self.above else v >= self.low)
+                and (high is None or v <= high))
+
+    def text(self, served: bool = False) -> str:
+        """What a value must be: 'a number from 0 to 2', 'a number in (0, 1]', 'an integer >= 0'."""
+        high = self.served if served and self.served is not None else self.high
+        kind = "an integer" if self.integer else "a number"
+        if high is None:
+            return f"{kind} {'>' if self.above else '>='} {self.low:g}"
+        return f"{kind} in ({self.low:g}, {high:g}]" if self.above else f"{kind} from {self.low:g} to {high:g}"
+
+
+def _field(default, bound: Bound | None = None):
+    return dataclasses.field(default=default, metadata={"bound": bound} if bound else {})
+
+
+LOGIT_BIAS = Bound(-100, 100)  # each bias; the bytes are 0-255
+
+
+@dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8     # 0 = greedy argmax
-    top_k: int = 40              # 0 = off
-    top_p: float = 0.95          # 1 = off
-    min_p: float = 0.05          # 0 = off; keep bytes with p >= min_p * p_max
-    repetition_penalty: float = 1.0  # 1 = off; CTRL-style, over the last `repeat_last_n` tokens
-    repeat_last_n: int = 64
+    temperature: float = _field(0.8, Bound(0, served=2.0))     # 0 = greedy argmax
+    top_k: int = _field(40, Bound(0, served=256, integer=True))  # 0 = off
+    top_p: float = _field(0.95, Bound(0, 1, above=True))        # 1 = off
+    min_p: float = _field(0.05, Bound(0, 1))  # 0 = off; keep bytes with p >= min_p * p_max
+    repetition_penalty: float = _field(1.0, Bound(MIN_PENALTY, served=10.0))  # 1 = off; CTRL-style, over the last `repeat_last_n` tokens
+    repeat_last_n: int = _field(64, Bound(0, integer=True))
     ignore_eos: bool = False
-    presence_penalty: float = 0.0    # OpenAI's: minus this from every byte generated so far
-    frequency_penalty: float = 0.0   # OpenAI's: minus this times how often it was generated
+    presence_penalty: float = _field(0.0, Bound(-2, 2))   # OpenAI's: minus this from every byte generated so far
+    frequency_penalty: float = _field(0.0, Bound(-2, 2))  # OpenAI's: minus this times how often it was generated
     logit_bias: tuple = ()           # ((byte, bias), ...): added to those bytes' logits
 
     def __post_init__(self):
-        checks = [(self.temperature >= 0, "temperature must be >= 0"),
-                  (self.top_k >= 0, "top-k must be >= 0 (0 turns it off)"),
-                  (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
-                  (0 <= self.min_p <= 1, "min-p must be in [0, 1]"),
-                  (self.repetition_penalty >= MIN_PENALTY, f"repetition penalty must be >= {MIN_PENALTY}"),
-                  (self.repeat_last_n >= 0, "repeat-last-n must be >= 0"),
-                  (-2 <= self.presence_penalty <= 2, "presence penalty must be in [-2, 2]"),
-                  (-2 <= self.frequency_penalty <= 2, "frequency penalty must be in [-2, 2]"),
-                  (all(0 <= int(t) < 256 and -100 <= b <= 100 for t, b in self.logit_bias),
-                   "logit bias: bytes 0-255, biases in [-100, 100]")]
-        for ok, message in checks:
-            if not ok:
-                raise MixerError(message)
+        for f in dataclasses.fields(self):
+            bound, value = f.metadata.get("bound"), getattr(self, f.name)
+            if bound is not None and not bound.holds(float(value) if isinstance(value, int) and not bound.integer
+                                                     else value):
+                raise MixerError(f"{f.name.replace('_', '-')} must be {bound.text()}")
+        if not all(0 <= int(t) < 256 and LOGIT_BIAS.holds(float(b)) for t, b in self.logit_bias):
+            raise MixerError(f"logit bias: bytes 0-255, biases {LOGIT_BIAS.text()}")
+
+    @staticmethod
+    def bound(name: str) -> Bound:
+        return next(f.metadata["bound"] for f in dataclasses.fields(SamplingParams) if f.name == name)
 
 
 def banned_ids(params: "SamplingParams") -> tuple[int, ...]:

@@ -32,7 +32,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..errors import BadRequest, MixerError
+from ..errors import BadRequest, MixerError, TemplateRefused
 from ..format import EOS_ID
 
 DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}{% endfor %}"
@@ -120,10 +120,6 @@ class ChatTemplate:
 
 
 # --- the worker process (python -m micromixer_edge.serve.chat) ----------------------------------
-
-class TemplateRefused(Exception):
-    """A template's raise_exception(message): its message is the request's 400."""
-
 
 def _raise(message):
     raise TemplateRefused(message)

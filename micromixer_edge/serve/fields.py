@@ -16,15 +16,14 @@ from typing import Any, Callable
 
 from ..errors import MixerError, BadRequest
 from ..codec import utf8
-from ..format import VOCAB_SIZE
 from ..runtime.constraint import Constraint
 from ..runtime.context import CONTEXT_MODES
 from ..runtime.engine import GenerateOptions
-from ..runtime.sampling import MIN_PENALTY
+from ..runtime.sampling import LOGIT_BIAS, SamplingParams
 from ..runtime.logprobs import MAX_LOGPROBS
 from .answer import answer_bytes
-from .settings import (DEFAULT_MAX_TOKENS, MAX_COMPLETION_LOGPROBS, MAX_REPEAT_PENALTY, MAX_STOP_STRINGS,
-                       MAX_TEMPERATURE, MAX_WINDOW_SCORED_BYTES, Settings)
+from .settings import (DEFAULT_MAX_TOKENS, MAX_COMPLETION_LOGPROBS, MAX_STOP_STRINGS, MAX_WINDOW_SCORED_BYTES,
+                       Settings)
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -40,8 +39,7 @@ def _logit_bias(v) -> tuple | None:
         return None
     out = []
     for k, b in v.items():
-        if not (isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < 256 and _number(b)
-                and -100 <= b <= 100):
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < 256 and LOGIT_BIAS.holds(b)):
             return None
         out.append((int(k), float(b)))
     return tuple(sorted(out))
@@ -62,31 +60,28 @@ class Field:
     only: str | None = None                    # "text" (/v1/completions) or "chat"; None: both
 
 
+def _sampling(name: str, option: str | None = None) -> Field:
+    """A sampling field: its bounds are SamplingParams' (runtime/sampling.py), at the server's
+    tighter upper bound where there is one."""
+    bound = SamplingParams.bound(option or name)
+    return Field(name, lambda v, s: bound.holds(v, served=True), lambda s: bound.text(served=True), option or name)
+
+
 FIELDS = (
     Field("max_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
           lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
     # OpenAI's newer name (chat); after max_tokens in this table, so that it wins when both come
     Field("max_completion_tokens", lambda v, s: _integer(v) and 0 <= v <= s.max_tokens_limit,
           lambda s: f"an integer from 0 to {s.max_tokens_limit} (--max-tokens-limit)", "max_new_tokens"),
-    Field("temperature", lambda v, s: _number(v) and 0 <= v <= MAX_TEMPERATURE,
-          lambda s: f"a number from 0 to {MAX_TEMPERATURE:g}", "temperature"),
-    Field("top_p", lambda v, s: _number(v) and 0 < v <= 1, lambda s: "a number in (0, 1]", "top_p"),
-    Field("top_k", lambda v, s: _integer(v) and 0 <= v <= VOCAB_SIZE,
-          lambda s: f"an integer from 0 to {VOCAB_SIZE} (0: off)", "top_k"),
-    Field("min_p", lambda v, s: _number(v) and 0 <= v <= 1, lambda s: "a number from 0 to 1", "min_p"),
-    Field("repeat_penalty", lambda v, s: _number(v) and MIN_PENALTY <= v <= MAX_REPEAT_PENALTY,
-          lambda s: f"a number from {MIN_PENALTY} to {MAX_REPEAT_PENALTY:g}",
-          "repetition_penalty"),
+    _sampling("temperature"), _sampling("top_p"), _sampling("top_k"), _sampling("min_p"),
+    _sampling("repeat_penalty", "repetition_penalty"),  # (llama.cpp's name)
     Field("seed", lambda v, s: _integer(v) and -2**63 <= v < 2**63, lambda s: "a 64-bit integer", "seed"),
     Field("stop", lambda v, s: _stop(v), lambda s: f"a non-empty string or a list of at most {MAX_STOP_STRINGS}",
           "stop"),
     Field("ignore_eos", lambda v, s: isinstance(v, bool), lambda s: "true or false", "ignore_eos"),
-    Field("presence_penalty", lambda v, s: _number(v) and -2 <= v <= 2, lambda s: "a number from -2 to 2",
-          "presence_penalty"),
-    Field("frequency_penalty", lambda v, s: _number(v) and -2 <= v <= 2, lambda s: "a number from -2 to 2",
-          "frequency_penalty"),
+    _sampling("presence_penalty"), _sampling("frequency_penalty"),
     Field("logit_bias", lambda v, s: _logit_bias(v) is not None,
-          lambda s: 'an object of byte ids ("0" to "255") to numbers from -100 to 100', "logit_bias"),
+          lambda s: f'an object of byte ids ("0" to "255") to numbers {LOGIT_BIAS.text()[9:]}', "logit_bias"),
     # /v1/completions: logprobs is how many alternatives; chat: a boolean, and top_logprobs how many
     Field("logprobs", lambda v, s: _integer(v) and 0 <= v <= MAX_COMPLETION_LOGPROBS,
           lambda s: f"an integer from 0 to {MAX_COMPLETION_LOGPROBS}", "logprobs", only="text"),

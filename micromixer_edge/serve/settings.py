@@ -9,8 +9,7 @@ from ..errors import MixerError
 
 # The API's own bounds and defaults (OpenAI's, and llama.cpp's for repeat_penalty): serve/fields.py
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
-MAX_TEMPERATURE = 2.0       # OpenAI's range is [0, 2]
-MAX_REPEAT_PENALTY = 10.0
+# (the sampling fields' bounds are runtime/sampling.py's: SamplingParams' field metadata)
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; lm-eval adds the eos string to a task's own
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for completions' logprobs (chat's, 20, is runtime/logprobs.py's)
 # echo with logprobs scores every prompt byte; in window mode each byte past W is a call of W
