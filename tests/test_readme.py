@@ -73,8 +73,10 @@ def test_the_readme_commands_run_as_written(layout):
                 assert proc.returncode == 0, (line, proc.stderr[-2000:])
             if "--load-state" in line:  # a resumed story shows where its new text starts
                 assert proc.stdout.startswith(" Then"), proc.stdout[:80]
+            if "--regex" in line:  # structured output: the whole text matches
+                assert re.fullmatch(re.search(r"--regex '([^']+)'", line).group(1), proc.stdout.rstrip("\n"))
         ran.append(line.split("; ")[-1].split()[0])
-    assert ran.count("mixer-run") == 4 and ran[-1] == "mixer-serve"
+    assert ran.count("mixer-run") == 5 and ran[-1] == "mixer-serve"
     assert lightened == {old for old, _ in LIGHTER}  # (each cut still meets its command)
     assert sorted(p.name for p in layout.iterdir()) == [".venv", "micromixer_edge", "out"]  # nothing outside out/
     proc = subprocess.run([str(layout / ".venv" / "bin" / "python"), "-c", _snippet()], cwd=layout, env=env,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 
 import numpy as np
 
@@ -113,6 +114,11 @@ class Constraint:
         a server calls this off its decode thread). MixerError says what is wrong and where."""
         if self._compiled:
             return
+        with _LOCK:
+            cached = _COMPILED.get((self.kind, self.source))
+        if cached is not None:  # (a client sends the same schema with every request)
+            self._compiled.append(cached)
+            return
         llg, tokenizer = _llguidance()
         grammar = self._grammar(llg)
         try:
@@ -131,6 +137,10 @@ class Constraint:
         if not allowed.any():
             raise MixerError(f"the {_what(self.kind)} allows no text at all")
         self._compiled.append(matcher)
+        with _LOCK:
+            _COMPILED[(self.kind, self.source)] = matcher
+            while len(_COMPILED) > CACHED:
+                del _COMPILED[next(iter(_COMPILED))]
 
     def matcher(self) -> "Matcher":
         """A fresh matcher for one row (compiled first if it was not)."""
@@ -183,9 +193,11 @@ def _check(matcher, kind: str) -> np.ndarray:
     mask = matcher.compute_bitmask()
     if matcher.is_error():
         raise MixerError(f"the {_what(kind)} failed: {_first_lines(matcher.get_error())}")
-    allowed = np.unpackbits(np.frombuffer(mask, np.uint8), bitorder="little")[:VOCAB_SIZE].astype(bool)
-    allowed[[PAD_ID, BOS_ID, 255]] = False  # (255: the wrapper's special marker, never UTF-8)
-    return allowed
+    return np.unpackbits(np.frombuffer(mask, np.uint8, count=VOCAB_SIZE // 8), bitorder="little").view(bool) & _SAMPLED
+
+
+_SAMPLED = np.ones(VOCAB_SIZE, bool)  # what a mask may allow: not pad, bos, or 255 (the wrapper's special marker, never UTF-8)
+_SAMPLED[[PAD_ID, BOS_ID, 255]] = False
 
 
 def bounded(schema):
@@ -292,6 +304,11 @@ def _first_lines(message: str, lines: int = 6) -> str:
     return " | ".join(line.rstrip() for line in message.strip().splitlines()[:lines] if line.strip())
 
 
+# the last CACHED compiled constraints by (kind, source): their template matchers, which are only
+# deep-copied once compiled (a copy per row), so threads may share them
+CACHED = 32
+_COMPILED: dict[tuple[str, str], object] = {}
+_LOCK = threading.Lock()
 _LLG = []
 
 

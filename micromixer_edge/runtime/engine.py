@@ -192,6 +192,7 @@ class Row:
     waited: int = 0                    # steps it has waited at its boundary for its share of time
     matcher: Matcher | None = None     # its place in options.constraint, when it has one
     pending: list[int] = dataclasses.field(default_factory=list)  # forced bytes its matcher took, one a step
+    next_mask: tuple | None = None     # its matcher's next (forced, allowed), computed as it consumed
 
     @property
     def done(self) -> bool:
@@ -431,7 +432,8 @@ class Engine:
             if row.pending:  # (the matcher took them already)
                 runs[i], row.sampler.mask = [row.pending.pop(0)], None
                 continue
-            forced, allowed = _next_mask(row.matcher)
+            forced, allowed = row.next_mask or _next_mask(row.matcher)
+            row.next_mask = None
             row.sampler.mask = allowed
             if isinstance(forced, Exception):  # its constraint failed: the row ends with the error
                 runs[i] = forced
@@ -469,6 +471,8 @@ class Engine:
         if row.matcher.stopped and not row.pending:
             row.finish_reason = Finish.STOP
             self._finish_text(row)
+        elif not row.pending:  # (now, while the matcher's state is in the cache: ~2x faster than after the model call)
+            row.next_mask = _next_mask(row.matcher)
 
     def _fold_run(self, row: Row, tokens: list[int]) -> list:
         """Fold tokens into a row between steps, from its state in the stepper (or its own); with
