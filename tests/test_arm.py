@@ -119,6 +119,7 @@ def test_the_server_runs_from_the_bundle_on_the_emulated_pi5(sysroot, bundle, bu
     import re
     import signal
     import httpx
+    from micromixer_edge.runtime.constraint import Constraint
     from micromixer_edge.runtime.engine import GenerateOptions
     from micromixer_edge.runtime.generate import generate
     cpuinfo = os.path.join(os.path.dirname(sysroot), CPUS["cortex-a76"])
@@ -133,6 +134,13 @@ def test_the_server_runs_from_the_bundle_on_the_emulated_pi5(sysroot, bundle, bu
         want = generate(MixerModel(bundle["portable"]), "Once upon a time",
                         GenerateOptions.of(max_new_tokens=60, temperature=0))
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
+        # structured output (llguidance's aarch64 wheel, from the bundle): the same bytes as here
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}}, "required": ["name"]}
+        r = httpx.post(url.group(0) + "/v1/completions", timeout=300, json={
+            "prompt": "A pet:", "max_tokens": 60, "temperature": 0, "json_schema": schema})
+        want = generate(MixerModel(bundle["portable"]), "A pet:", GenerateOptions.of(
+            max_new_tokens=60, temperature=0, constraint=Constraint.json_schema(schema)))
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == want and json.loads(want)["name"]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

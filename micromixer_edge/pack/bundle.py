@@ -27,7 +27,9 @@ from ..errors import MixerError, OutputError
 from ..format import NUMPY_TARGETS
 from ..runtime.model import MixerModel
 
-PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")
+# glibc 2.31 at least (Pi OS bullseye; bookworm has 2.36): llguidance's aarch64 wheel (the serve
+# extra's structured output) carries manylinux_2_31 only, onnxruntime's manylinux_2_28 only
+PLATFORMS = ("manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")
 PYTHON_VERSION = "3.11"  # Raspberry Pi OS bookworm
 BAD_ORT = "1.21.0"       # crashes with "Illegal instruction" on the Pi's aarch64
 RUNTIME_DEPS = ("numpy", "onnxruntime", "click")
