@@ -23,6 +23,11 @@ class SnapshotError(FormatError):
     """A snapshot that cannot be resumed here (corrupt, truncated, other model, other version)."""
 
 
+class ConstraintError(MixerError):
+    """A row's structured-output constraint failed while it generated (a limit of the grammar's
+    parser, bytes the model cannot write): the request's fault, a 400 in the server."""
+
+
 class CheckpointError(MixerError):
     """A checkpoint that cannot be loaded as a MicroMixerV2 model."""
 

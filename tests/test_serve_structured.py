@@ -167,5 +167,85 @@ def test_ten_hostile_constraints_do_not_stall_a_stream(server):
                               hostile))  # (ten different ones: a compiled constraint is cached by its text)
         done.set()
         streaming.result()
-    assert set(codes) <= {200, 400} and all(len(g) < 65536 for g in hostile)
+    assert set(codes) <= {200, 400, 429} and all(len(g) < 65536 for g in hostile)  # (429: past --constraint-seconds in the queue)
     assert len(gaps) > 100 and max(gaps) < 0.1, max(gaps)
+
+
+def test_aliases_vllm_guided_and_llama_cpp_response_format(server):
+    cases = [({"guided_json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) or True),
+             ({"guided_json": json.dumps(SCHEMA)}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) or True),
+             ({"guided_regex": "[a-c]{4}"}, lambda t: re.fullmatch("[a-c]{4}", t)),
+             ({"guided_choice": ["up", "down"]}, lambda t: t in ("up", "down")),
+             ({"guided_grammar": 'root ::= "x" [0-9]'}, lambda t: re.fullmatch("x[0-9]", t)),
+             ({"response_format": {"type": "json_object", "schema": SCHEMA}},
+              lambda t: jsonschema.validate(json.loads(t), SCHEMA) or True)]
+    for extra, check in cases:
+        r = _post(server, {"prompt": "Once", "max_tokens": 300, "seed": 2, **extra})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "stop" and check(choice["text"]), (extra, choice)
+
+
+def test_a_constraint_that_fails_while_generating_is_a_400(server):
+    for stream in (False, True):
+        body = {"prompt": "x", "max_tokens": 20, "structured_outputs": {"regex": "a\u0000b"}, "stream": stream}
+        r = _post(server, body)
+        if not stream:
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+        else:
+            assert r.status_code == 200
+            error = next(json.loads(line[6:]) for line in r.text.splitlines()
+                         if line.startswith("data: {") and '"error"' in line)["error"]
+        assert error["code"] == "constraint_failed" and error["param"] == "structured_outputs", error
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_constraint_seconds_bounds_the_wait_and_the_compile(bundled):
+    """--constraint-seconds 0.05: a grammar that takes ~0.3 s to compile is a 400 that says so;
+    those behind it while the compile thread is busy get a 429 or the same 400; the server stays
+    healthy and serves a cheap constraint afterwards."""
+    from serving import Served
+    s = Served(bundled["int8"], "--constraint-seconds", "0.05")
+    try:
+        slow = ["root ::= " + " | ".join(f'"w{i}" [a-z]{{0,9}} ("x" | "{k}")*' for i in range(1900)) for k in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda g: _post(s, {"prompt": "x", "max_tokens": 5, "grammar": g}), slow))
+        assert {r.status_code for r in answers} <= {400, 429}
+        refused = [r.json()["error"] for r in answers if r.status_code == 400]
+        assert refused and all(e["param"] == "grammar" and "--constraint-seconds" in e["message"] for e in refused)
+        time.sleep(1.5)  # (the compile thread finishes what it started)
+        ok = _post(s, {"prompt": "x", "max_tokens": 5, "grammar": 'root ::= "yes"'})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "yes"
+    finally:
+        assert s.stop() == 0
+
+
+def test_ten_constraints_slow_at_run_time_do_not_stall_a_stream(server):
+    """An ambiguous grammar's masks cost more with each byte (the decode thread computes them):
+    ten such rows beside a stream end with 'constraint_failed' once a mask takes over 5 ms, and
+    the stream's longest gap between chunks stays under 100 ms."""
+    slow = {"prompt": "x", "max_tokens": 4000, "temperature": 0, "logit_bias": {"97": 50},
+            "grammar": 'start: e\ne: e e | "a" | "a" "a" | e "b" e'}
+    gaps, done = [], threading.Event()
+
+    def stream():
+        body = {"prompt": "Once upon a time", "max_tokens": 1000, "stream": True, "ignore_eos": True, "seed": 1}
+        while not done.is_set():
+            last = None
+            with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+                for _ in sse_docs(r):
+                    now = time.monotonic()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+
+    with concurrent.futures.ThreadPoolExecutor(11) as pool:
+        streaming = pool.submit(stream)
+        time.sleep(0.3)
+        answers = list(pool.map(lambda _: _post(server, slow), range(10)))
+        done.set()
+        streaming.result()
+    assert {r.status_code for r in answers} == {400}
+    assert all(r.json()["error"]["code"] == "constraint_failed" for r in answers)
+    assert len(gaps) > 50 and max(gaps) < 0.1, max(gaps)

@@ -361,6 +361,99 @@ def test_mixer_run_flags(bundled, tmp_path):
         assert done.returncode == 0 and check(done.stdout.rstrip("\n")), (args, done.stdout, done.stderr)
     two = _mixer_run(bundled, "-p", "x", "--regex", "a", "--choice", "b")
     assert two.returncode == 2 and "give one structured-output flag" in two.stderr
+    (tmp_path / "ctl.gbnf").write_text('root ::= "a" "\\x01" "b"')  # (byte 1: the model cannot write it)
+    failed = _mixer_run(bundled, "-p", "x", "--grammar", str(tmp_path / "ctl.gbnf"))
+    assert failed.returncode == 1 and failed.stdout == "a\n" and "bytes 0-2" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+    empty = _mixer_run(bundled, "-p", "x", "--regex", "", "--choice", "b")
+    assert empty.returncode == 2 and "give one structured-output flag" in empty.stderr
     bad = _mixer_run(bundled, "-p", "x", "--regex", "[a-")
     assert bad.returncode == 1 and "unclosed character class" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- schemas users send (an outsider's findings): each completes and validates -------------------
+@pytest.mark.parametrize("schema", [
+    {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+               {"type": "object", "properties": {"b": {"type": "boolean"}}, "required": ["b"]}]},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": True},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
+    {"type": "object", "properties": {"mail": {"type": "string", "format": "email"}}, "required": ["mail"]},
+    {"type": "string", "pattern": "ab"},
+    {"type": "integer", "minimum": 5 * 10**15},
+    {"type": "number", "maximum": -2e15},
+    {"type": "object", "patternProperties": {"^x[0-9]$": {"type": "integer"}}},
+])
+def test_schemas_users_send_complete_and_validate(bundled, schema):
+    jobs = [(p, _options(Constraint.json_schema(schema), seed)) for seed in range(2) for p in PROMPTS]
+    for text, finish in _run(_model(bundled), jobs):
+        assert finish == "stop", (schema, text)
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_choice_of_thousands(bundled):
+    choices = [f"word{i}" for i in range(2500)]
+    for text, finish in _run(_model(bundled), [(p, _options(Constraint.choice(choices), s)) for s, p in enumerate(PROMPTS)]):
+        assert finish == "stop" and text in choices
+
+
+def test_constraints_that_fail_while_generating_end_their_row_alone(bundled):
+    """A grammar that forces a byte the model cannot write (0-2), and one with no end: the row
+    ends with finish 'constraint' (or 'length'), never an engine error; a plain row beside them
+    keeps its bytes."""
+    plain = (PROMPTS[0], GenerateOptions.of(max_new_tokens=100, seed=3))
+    jobs = [(PROMPTS[1], _options(Constraint.regex("a\u0000b"), 1, n=50)),
+            (PROMPTS[2], _options(Constraint.grammar('root ::= "(" root ")"'), 1, n=50)), plain]
+    (_, first), (text, second), alone = _run(_model(bundled), jobs)
+    assert first == "constraint" and second in ("constraint", "length") and set(text) <= {"("}
+    assert alone == _run(_model(bundled), [plain])[0]
+
+
+def test_integers_past_2_to_the_53_are_refused():
+    for schema in ({"const": 12345678901234567890}, {"type": "integer", "minimum": 1e19},
+                   {"enum": [1, 2 ** 60]}):
+        with pytest.raises(MixerError, match="beyond 2\\^53"):
+            Constraint.json_schema(schema).compile()
+
+
+def test_a_fork_of_a_constrained_row_goes_on_from_its_place(bundled):
+    """Forked mid-text (greedy), the fork gives what the row itself gives."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+              "age": {"type": "integer", "minimum": 1, "maximum": 99}}, "required": ["name", "age"]}
+    for cut in (1, 5, 12):
+        engine = Engine(_model(bundled))
+        row = engine.add("Tom is", _options(Constraint.json_schema(schema), 0, temperature=0))
+        for _ in range(cut):
+            engine.step()
+        fork = engine.fork(row)
+        out = {row.id: row.take_text(), fork.id: ""}
+        for r, piece in engine.run():
+            out[r.id] += piece
+        assert out[row.id].endswith(out[fork.id]) and out[fork.id]
+        jsonschema.validate(json.loads(out[row.id]), schema)
+
+
+def test_with_ignore_eos_a_complete_text_ends_the_row(bundled):
+    for pattern in ("", "ab", "[0-9]{3}"):
+        text, finish = _run(_model(bundled), [("x", _options(Constraint.regex(pattern), 1, ignore_eos=True))])[0]
+        assert finish == "stop" and re.fullmatch(pattern, text)
+
+
+def test_a_mask_that_grows_too_slow_ends_its_row(bundled):
+    """An ambiguous grammar's mask costs more with each byte; past MASK_SECONDS the row ends
+    with 'constraint' and the rows beside it go on."""
+    slow = Constraint.grammar('start: e\ne: e e | "a" | "a" "a" | e "b" e', "lark")
+    plain = ("Once", GenerateOptions.of(max_new_tokens=50, seed=1))
+    (text, finish), alone = _run(_model(bundled), [("x", _options(slow, 1, temperature=0, logit_bias={ord("a"): 50},
+                                                                  n=4000)), plain])
+    assert finish == "constraint" and 100 < len(text) < 4000
+    assert alone == _run(_model(bundled), [plain])[0]
+
+
+@pytest.mark.parametrize("schema", [{"type": "string", "pattern": "^a{70,}$"},
+                                    {"type": "string", "pattern": "^(abcd){30}x*$"},
+                                    {"type": "object", "minProperties": 10}])
+def test_the_added_bounds_leave_room_for_what_the_schema_needs(bundled, schema):
+    text, finish = _run(_model(bundled), [("x", _options(Constraint.json_schema(schema), 2, n=3000))])[0]
+    assert finish == "stop"
+    jsonschema.validate(json.loads(text), schema)

@@ -57,28 +57,28 @@ def _constraint(json_schema, regex, choices, grammar):
     """The one structured-output flag given (a usage error for two), checked before the model loads."""
     from .constraint import Constraint
     given = [name for name, v in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choices),
-                                  ("--grammar", grammar)) if v]
+                                  ("--grammar", grammar)) if v not in (None, ())]
     if len(given) > 1:
         raise click.UsageError(f"give one structured-output flag, not {' and '.join(given)}")
     if json_schema:
-        constraint = Constraint.json_schema(_read_text(json_schema))
+        constraint = Constraint.json_schema(_read_text(json_schema, "--json-schema"))
     elif regex is not None:
         constraint = Constraint.regex(regex)
     elif choices:
         constraint = Constraint.choice(choices)
     elif grammar:
-        constraint = Constraint.grammar(_read_text(grammar), "lark" if grammar.endswith(".lark") else "gbnf")
+        constraint = Constraint.grammar(_read_text(grammar, "--grammar"), "lark" if grammar.endswith(".lark") else "grammar")
     else:
         return None
     constraint.compile()  # (a MixerError names what is wrong: one line, exit 1)
     return constraint
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, flag: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise click.BadParameter(f"{path} is not UTF-8 text") from None
+        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint=flag) from None
 
 
 def _field_flag(cls, *decls: str, help: str):
@@ -194,6 +194,7 @@ def _generate_once(model, prompt, options, echo, show_stats, state=None, save_st
     _print_stream(piece for _, piece in engine.run())
     sys.stdout.write("\n")
     sys.stdout.flush()
+    row.check()  # (a failed row: one line on stderr, exit 1)
     if save_state:
         from .._files import atomic_output
         with atomic_output(save_state) as tmp:
@@ -242,6 +243,7 @@ def _tell(model, text: str, options, show_stats) -> tuple[str, str | None]:
             sys.stdout.write(piece)
             sys.stdout.flush()
             text += piece
+        row.check()
     except KeyboardInterrupt:
         sys.stdout.write(" [stopped]")
     except MixerError as e:  # (a line that is not text: this prompt alone)

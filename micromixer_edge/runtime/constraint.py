@@ -12,14 +12,15 @@ The vocabulary as llguidance sees it: ids 0-2 are pad, bos and eos (special); id
 bytes. Byte 255 reads as a special-token marker in its tokenizer wrapper, which is harmless here:
 0xFF never occurs in UTF-8, and every constraint is over UTF-8 text.
 
-JSON is compact (no whitespace between items), every number the schema leaves unbounded is
-bounded here (at most 15 integer digits, 6 decimals, no exponent), and every string it leaves
-free (no maxLength or format; a pattern may still be free) is at most 64 characters, an array at most 16 items (or
-its minItems); an object that does not say what
-else it may hold holds only its properties, or (with none listed) at most 8 keys that are names
-of at most 32 characters (`KEY`), their values nesting at most 3 deep: so that a weak model cannot loop on blanks, digits, story text or new keys
-until max_tokens. The bounds only narrow: whatever is generated still validates against the
-schema as given.
+JSON is compact (no whitespace between items), and what a schema leaves unbounded is bounded
+here (`bounded`), so that a weak model cannot loop on blanks, digits, story text or new keys until
+max_tokens: a number gets at most 15 integer digits and 6 decimals (no exponent); a free string
+(no maxLength: a format, a pattern that is unanchored or repeats without a bound) at most 64
+characters; an array at most 16 items (or its minItems); an object that does not close itself
+(additionalProperties absent or true) holds only the keys it lists, or with none listed at most 6
+keys that are names of at most 32 characters (`KEY`), whose values nest at most 2 deep. These only
+narrow: whatever is generated still validates against the schema as given. Integers beyond 2^53
+are refused: llguidance reads a schema's numbers as doubles, and would write other digits.
 """
 from __future__ import annotations
 
@@ -27,15 +28,19 @@ import dataclasses
 import json
 import re
 import threading
+import time
 
 import numpy as np
 
-from ..errors import MixerError
+from ..errors import ConstraintError, MixerError
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 
-KINDS = ("json_schema", "json_object", "regex", "choice", "gbnf", "lark")
+KINDS = ("json_schema", "json_object", "regex", "choice", "grammar", "lark")  # grammar: GBNF or Lark
 MAX_SOURCE_BYTES = 64 * 1024     # a constraint's text (schema, regex, grammar): larger is refused
-MAX_DEPTH = 64                   # a JSON schema's nesting
+MAX_DEPTH = 128                  # a JSON schema's nesting, in JSON levels (a schema level is two)
+SAFE_INTEGER = 2 ** 53           # integers in a schema beyond this are refused
+MAX_FORCED = 4096                # forced bytes taken at once (a grammar with no end forces them forever)
+MASK_SECONDS = 0.005             # one mask at most (~1,000x a usual one); past it the row fails
 BIG = 10 ** 15 - 1               # unbounded integers: at most 15 digits
 STEP = 1e-6                      # unbounded numbers: at most 6 decimals (a multipleOf)
 MAX_STRING = 64                  # free strings: at most this many characters
@@ -46,11 +51,11 @@ COMPACT = {"whitespace_flexible": False}  # llguidance's JSON options: '{"a":1,"
 # llguidance's lexer fuel per step bounds what one mask may cost (a hostile grammar fails there,
 # as a 400 when it fails while compiling or on its first masks, else as that row's error)
 LIMITS = dict(step_lexer_fuel=200_000, initial_lexer_fuel=1_000_000, max_grammar_size=500_000,
-              max_lexer_states=100_000)
+              max_lexer_states=100_000, max_items_in_row=5_000)  # (llguidance's 2,000 would fail a choice of 2,001)
 HINT = "install the structured extra: pip install 'micromixer-edge[structured]'"
 
-MAX_KEYS = 8                     # ... and at most this many of them
-ANY_DEPTH = 3                    # free values (json_object's, an object's that lists no properties) nest this deep
+MAX_KEYS = 6                     # ... and at most this many of them
+ANY_DEPTH = 2                    # free values (json_object's, an object's that lists no properties) nest this deep
 
 
 def _any(depth: int = ANY_DEPTH) -> dict:
@@ -100,8 +105,11 @@ class Constraint:
         return cls("choice", json.dumps(list(choices)))
 
     @classmethod
-    def grammar(cls, text: str, syntax: str = "gbnf") -> "Constraint":
-        return cls(syntax, text)
+    def grammar(cls, text: str, syntax: str = "grammar") -> "Constraint":
+        """A grammar: GBNF or Lark (syntax "grammar": told apart by llguidance), or "lark"."""
+        if syntax not in ("grammar", "gbnf", "lark"):
+            raise MixerError("a grammar's syntax must be gbnf or lark")
+        return cls("lark" if syntax == "lark" else "grammar", text)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -130,12 +138,10 @@ class Constraint:
         if message:
             raise MixerError(f"invalid {_what(self.kind)}: {_first_lines(message)}")
         try:
-            allowed = _check(matcher, self.kind)
+            _check(matcher, self.kind)
         except MixerError as e:  # (llguidance's word for a language with no text in it)
             raise MixerError(f"the {_what(self.kind)} allows no text at all" if "NoExtension" in str(e)
                              else str(e)) from None
-        if not allowed.any():
-            raise MixerError(f"the {_what(self.kind)} allows no text at all")
         self._compiled.append(matcher)
         with _LOCK:
             _COMPILED[(self.kind, self.source)] = matcher
@@ -156,7 +162,7 @@ class Constraint:
                 return llg.grammar_from("json_schema", json.dumps(bounded({"type": "object"})))
             if self.kind == "choice":
                 return llg.grammar_from("lark", "start: " + " | ".join(_lark_string(c) for c in _choices(self.source)))
-            return llg.grammar_from(self.kind, self.source)
+            return llg.grammar_from("gbnf" if self.kind == "grammar" else self.kind, self.source)
         except MixerError:
             raise
         except Exception as e:  # noqa: BLE001 - llguidance's GBNF converter raises plain exceptions
@@ -170,30 +176,52 @@ class Matcher:
         self._m, self.kind = matcher, kind
 
     def allowed(self) -> np.ndarray:
-        """(256,) bool: the bytes the constraint allows next; eos where it accepts."""
-        return _check(self._m, self.kind)
+        """(256,) bool: the bytes the constraint allows next; eos where it accepts. A mask that
+        takes over MASK_SECONDS (an ambiguous grammar's grow with the text) fails the row: the
+        decode thread computes it, and other rows wait meanwhile."""
+        t0 = time.perf_counter()
+        allowed = _check(self._m, self.kind)
+        if time.perf_counter() - t0 > MASK_SECONDS:
+            raise ConstraintError(f"the {_what(self.kind)} took {(time.perf_counter() - t0) * 1e3:.0f} ms to say "
+                                  f"which byte may come next (at most {MASK_SECONDS * 1e3:g}): simplify it")
+        return allowed
+
+    def copy(self) -> "Matcher":
+        """This row's place in its constraint, for a fork of it."""
+        return Matcher(self._m.deep_copy(), self.kind)
 
     def forced(self) -> bytes:
-        """The bytes the constraint forces next, whatever the model says (maybe none)."""
-        return self._m.compute_ff_bytes()
+        """The bytes the constraint forces next, whatever the model says (maybe none); up to the
+        first byte 0-2, which this model cannot write (ids 0-2 are pad, bos and eos)."""
+        forced = self._m.compute_ff_bytes()[:MAX_FORCED]
+        cut = next((i for i, b in enumerate(forced) if b < 3), None)
+        return forced if cut is None else forced[:cut]
 
     def consume(self, tokens) -> None:
         """The row took these ids (bytes, or eos)."""
         if not self._m.consume_tokens(list(tokens)):
-            raise MixerError(f"the constraint refused a byte: {_first_lines(self._m.get_error())}")
+            raise ConstraintError(f"the constraint refused a byte: {_first_lines(self._m.get_error())}")
 
     @property
     def stopped(self) -> bool:
-        """Nothing more may follow (the text is complete)."""
+        """Nothing more may follow (the text is complete); ConstraintError if it failed."""
+        if self._m.is_error():
+            raise ConstraintError(f"the {_what(self.kind)} failed: {_first_lines(self._m.get_error())}")
         return self._m.is_stopped()
 
 
 def _check(matcher, kind: str) -> np.ndarray:
-    """The matcher's next mask as (256,) bool, or MixerError if it failed (fuel, a dead end)."""
+    """The matcher's next mask as (256,) bool; ConstraintError if it failed (a parser limit, a
+    recursion without end) or allows nothing this model can write (only bytes 0-2)."""
     mask = matcher.compute_bitmask()
     if matcher.is_error():
-        raise MixerError(f"the {_what(kind)} failed: {_first_lines(matcher.get_error())}")
-    return np.unpackbits(np.frombuffer(mask, np.uint8, count=VOCAB_SIZE // 8), bitorder="little").view(bool) & _SAMPLED
+        raise ConstraintError(f"the {_what(kind)} failed: {_first_lines(matcher.get_error())}")
+    allowed = np.unpackbits(np.frombuffer(mask, np.uint8, count=VOCAB_SIZE // 8), bitorder="little").view(bool)
+    allowed &= _SAMPLED
+    if not allowed.any():
+        raise ConstraintError(f"the {_what(kind)} allows no byte this model can write next (only bytes 0-2, "
+                              f"or none)")
+    return allowed
 
 
 _SAMPLED = np.ones(VOCAB_SIZE, bool)  # what a mask may allow: not pad, bos, or 255 (the wrapper's special marker, never UTF-8)
@@ -215,61 +243,112 @@ def bounded(schema):
     return schema
 
 
-def _bound(node, depth: int) -> None:
+def _bound(node, depth: int, in_all_of: bool = False) -> None:
+    """Bound one schema node (see the module doc) and its children. The branches of an allOf are
+    not closed: each would refuse the keys the others add."""
     if depth > MAX_DEPTH:
-        raise MixerError(f"the JSON schema nests deeper than {MAX_DEPTH}")
+        raise MixerError(f"the JSON schema nests deeper than {MAX_DEPTH} levels of JSON")
     if isinstance(node, list):
         for item in node:
-            _bound(item, depth + 1)
+            _bound(item, depth + 1, in_all_of)
         return
     if not isinstance(node, dict):
         return
+    _check_integers(node)
     types = node.get("type")
     types = types if isinstance(types, list) else [types]
     if "integer" in types or "number" in types:
-        if "minimum" not in node and "exclusiveMinimum" not in node:
-            node["minimum"] = -BIG
-        if "maximum" not in node and "exclusiveMaximum" not in node:
-            node["maximum"] = BIG
-        if "number" in types and "multipleOf" not in node:
-            node["multipleOf"] = STEP
-    if "string" in types and not {"maxLength", "format", "enum", "const"} & node.keys():
+        _bound_number(node, "number" in types)
+    if "string" in types and not {"maxLength", "enum", "const"} & node.keys():
         _bound_string(node)
     if "array" in types and "maxItems" not in node:
         low = node.get("minItems")
         node["maxItems"] = max(MAX_ITEMS, low if isinstance(low, int) and not isinstance(low, bool) else 0)
-    if "object" in types and "additionalProperties" not in node:
+    if ("object" in types or types == [None] and "properties" in node) and not in_all_of:
         _close(node)
+    elif isinstance(node.get("allOf"), list) and not in_all_of:
+        _close_all_of(node)
     for key, value in node.items():
         if key not in ("enum", "const", "default", "examples", "x-guidance"):
-            _bound(value, depth + 1)
+            _bound(value, depth + 1, key == "allOf")
+
+
+def _check_integers(node: dict) -> None:
+    """Numbers past 2^53 in a schema: llguidance reads them as doubles (other digits)."""
+    values = [node.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "const",
+                                     "multipleOf")]
+    values += node["enum"] if isinstance(node.get("enum"), list) else []
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > SAFE_INTEGER:
+            raise MixerError(f"numbers beyond 2^53 (here {v:g}) are not supported in a JSON schema")
+
+
+def _bound_number(node: dict, fractional: bool) -> None:
+    """At most 15 digits past the bound the schema gives, if it gives one; 6 decimals."""
+    def given(*keys):
+        return next((node[k] for k in keys if isinstance(node.get(k), (int, float)) and not isinstance(node[k], bool)),
+                    None)
+    low, high = given("minimum", "exclusiveMinimum"), given("maximum", "exclusiveMaximum")
+    if "minimum" not in node and "exclusiveMinimum" not in node:
+        node["minimum"] = -BIG if high is None or high > -BIG else high - BIG
+    if "maximum" not in node and "exclusiveMaximum" not in node:
+        node["maximum"] = BIG if low is None or low < BIG else low + BIG
+    if fractional and "multipleOf" not in node:
+        node["multipleOf"] = STEP
 
 
 def _bound_string(node: dict) -> None:
     """A free string at most MAX_STRING characters, more if its minLength or its pattern's counted
-    parts need more; a pattern without an unbounded part (*, +, {n,}) bounds it already."""
+    parts need more. A pattern anchored at both ends without an unbounded part (*, +, {n,})
+    bounds it already; an unanchored one may have anything around it (JSON schema's search)."""
     pattern = node.get("pattern") if isinstance(node.get("pattern"), str) else None
-    if pattern is not None and not re.search(r"[*+]|\{\d*,\}", pattern):
+    if pattern is not None and pattern.startswith("^") and pattern.endswith("$") and \
+            not re.search(r"[*+]|\{\d*,\}", pattern):
         return
     least = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
-    counted = sum(int(n) for n in re.findall(r"\{(\d+)(?:,(\d+))?\}", pattern or "") for n in n if n)
-    node["maxLength"] = MAX_STRING + max(least, counted)
+    counts = [int(n) for pair in re.findall(r"\{(\d+)(?:,(\d*))?\}", pattern or "") for n in pair if n]
+    needs = 8 * (len(pattern) + sum(counts)) if pattern else 0  # (room for what the pattern itself needs)
+    node["maxLength"] = MAX_STRING + max(least, needs)
 
 
 def _close(node: dict) -> None:
-    """An object schema that does not say what else it holds: only its properties, or with none
-    listed, keys that are names (KEY) and bounded values; as it was if it requires a key it
-    does not list (that key would be impossible)."""
+    """An object that does not close itself (additionalProperties absent or true): only the keys
+    it lists (a required key it does not list is listed, with a bounded value), or with none
+    listed, names (KEY) with bounded values, at most MAX_KEYS of them. One with its own
+    additionalProperties schema keeps it (its values are bounded where that schema is)."""
+    if node.get("additionalProperties", True) is not True:
+        return
     listed = node.get("properties") if isinstance(node.get("properties"), dict) else {}
     required = node.get("required") if isinstance(node.get("required"), list) else []
-    if any(name not in listed for name in required):
-        node["additionalProperties"] = {"$ref": "#/$defs/mixer_any"}
-    elif listed or "patternProperties" in node:
-        node["additionalProperties"] = False
-    else:
+    for name in required:
+        if isinstance(name, str) and name not in listed:
+            listed[name] = {"$ref": "#/$defs/mixer_any"}
+            node["properties"] = listed
+    if not listed and "patternProperties" not in node:
         node["patternProperties"] = {KEY: {"$ref": "#/$defs/mixer_any"}}
-        node["additionalProperties"] = False
-        node.setdefault("maxProperties", MAX_KEYS)
+    node["additionalProperties"] = False
+    if "patternProperties" in node:
+        least = node.get("minProperties") if isinstance(node.get("minProperties"), int) else 0
+        node.setdefault("maxProperties", max(MAX_KEYS, len(required), least))
+
+
+def _close_all_of(node: dict) -> None:
+    """allOf of objects whose branches do not close themselves: the parent lists every key the
+    branches list (any value: the branches say which) and closes; its branches stay open."""
+    branches = [b for b in node["allOf"] if isinstance(b, dict)]
+    if node.get("additionalProperties", True) is not True or not any(
+            "properties" in b or b.get("type") == "object" for b in branches):
+        return
+    if any(b.get("additionalProperties", True) is not True or "patternProperties" in b for b in branches):
+        return
+    names = [n for b in branches for n in list(b.get("properties") or {}) + list(b.get("required") or [])]
+    listed = node.setdefault("properties", {})
+    if not isinstance(listed, dict):
+        return
+    for name in names:
+        if isinstance(name, str):
+            listed.setdefault(name, True)
+    node["additionalProperties"] = False
 
 
 def _schema(source: str):
@@ -296,12 +375,18 @@ def _lark_string(text: str) -> str:
 
 def _what(kind: str) -> str:
     return {"json_schema": "JSON schema", "json_object": "JSON object", "regex": "regex", "choice": "choice",
-            "gbnf": "GBNF grammar", "lark": "Lark grammar"}[kind]
+            "grammar": "grammar (GBNF or Lark)", "lark": "Lark grammar"}[kind]
 
 
 def _first_lines(message: str, lines: int = 6) -> str:
-    """An llguidance message on one line (its position and caret lines kept, in order)."""
-    return " | ".join(line.rstrip() for line in message.strip().splitlines()[:lines] if line.strip())
+    """An llguidance message on one line: its first lines, without the echo of the Lark it made
+    ("   1 | start: ..." and the caret under it)."""
+    kept, echo = [], False
+    for line in message.strip().splitlines():
+        echo = bool(re.match(r"\s*\d+ \|", line)) or echo and set(line.strip()) <= {"^"}
+        if line.strip() and not echo:
+            kept.append(line.rstrip())
+    return " | ".join(kept[:lines])
 
 
 # the last CACHED compiled constraints by (kind, source): their template matchers, which are only

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import MixerError
+from ..errors import ConstraintError, MixerError
 from ..codec import encode_prompt
 from ..format import EOS_ID
 from . import snapshot
@@ -56,6 +56,7 @@ class Finish:
     LENGTH = "length"        # max_new_tokens
     CANCELLED = "cancelled"  # its caller let it go
     ERROR = "error"          # its own failure (Row.error says which)
+    CONSTRAINT = "constraint"  # its structured-output constraint failed while it generated (the request's fault)
     SHUTDOWN = "shutdown"    # the server stopped before it ended (serve/)
 
 
@@ -198,6 +199,14 @@ class Row:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    def check(self) -> None:
+        """Raise what ended the row, if it failed (a caller that wants an exception, not a
+        finish_reason: the one-line API, mixer-run)."""
+        if self.finish_reason == Finish.CONSTRAINT:
+            raise ConstraintError(self.error)
+        if self.finish_reason == Finish.ERROR:
+            raise MixerError(f"generation failed: {self.error}")
+
     def take_text(self) -> str:
         """The text made since the last call ("" if none): what a caller streams out."""
         text = "".join(self.pieces)
@@ -225,12 +234,17 @@ def _scores(rows: list[Row], block: np.ndarray) -> dict[int, tuple[np.ndarray, l
 PENDING_ROWS = 8   # live rows from which forced bytes go one a step in the shared call (scripts/structured_bench.py)
 
 
-def _next_mask(matcher: Matcher) -> tuple:
-    """(the bytes the constraint forces now, else b"" and the (V,) allowed bytes); (error, None)
-    if it failed."""
+def _next_mask(matcher: Matcher, ignore_eos: bool) -> tuple:
+    """What a constrained row takes next: (the bytes its constraint forces, taken by the matcher,
+    None), or (b"", the (V,) allowed bytes), or (b"", None) where the text is complete and the
+    row ignores eos (eos the one id allowed); (the error, None) if the constraint failed."""
     try:
         forced = matcher.forced()
-        return (forced, None) if forced else (forced, matcher.allowed())
+        if forced:
+            matcher.consume(forced)
+            return forced, None
+        allowed = matcher.allowed()
+        return (b"", None) if ignore_eos and allowed[EOS_ID] and allowed.sum() == 1 else (b"", allowed)
     except Exception as e:  # noqa: BLE001 - this row's constraint: the row ends with the error
         return e, None
 
@@ -388,7 +402,7 @@ class Engine:
                 if row.matcher is None:
                     self._accept(row, token, score)
                 else:
-                    self._take_run(row, runs.get(i) or self._then_forced(row, token), score)
+                    self._take_run(row, runs[i] if i in runs else self._then_forced(row, token), score)
             except Exception as e:  # noqa: BLE001
                 self.fail(row, e)
             if row.pieces or row.finish_reason is not None:
@@ -432,13 +446,11 @@ class Engine:
             if row.pending:  # (the matcher took them already)
                 runs[i], row.sampler.mask = [row.pending.pop(0)], None
                 continue
-            forced, allowed = row.next_mask or _next_mask(row.matcher)
-            row.next_mask = None
-            row.sampler.mask = allowed
+            forced, allowed = row.next_mask or _next_mask(row.matcher, row.options.sampling.ignore_eos)
+            row.next_mask, row.sampler.mask = None, allowed
             if isinstance(forced, Exception):  # its constraint failed: the row ends with the error
                 runs[i] = forced
-            elif forced:
-                row.matcher.consume(forced)
+            elif forced or allowed is None:  # (nothing forced nor allowed: the text is complete)
                 runs[i] = list(forced)
         return runs
 
@@ -460,6 +472,9 @@ class Engine:
         constraint is complete."""
         if isinstance(run, Exception):
             raise run
+        if not run:  # complete, and the row ignores eos: it ends here
+            row.finish_reason = Finish.STOP
+            return self._finish_text(row)
         run = run[:max(1, row.options.max_new_tokens - row.stats.new_tokens)]
         if len(run) > 1 and len(self.rows) >= PENDING_ROWS:
             run, row.pending = run[:1], run[1:]
@@ -472,7 +487,7 @@ class Engine:
             row.finish_reason = Finish.STOP
             self._finish_text(row)
         elif not row.pending:  # (now, while the matcher's state is in the cache: ~2x faster than after the model call)
-            row.next_mask = _next_mask(row.matcher)
+            row.next_mask = _next_mask(row.matcher, row.options.sampling.ignore_eos)
 
     def _fold_run(self, row: Row, tokens: list[int]) -> list:
         """Fold tokens into a row between steps, from its state in the stepper (or its own); with
@@ -506,7 +521,10 @@ class Engine:
 
     def fail(self, row: Row, e: BaseException) -> None:
         """End a row with an error (it leaves before the next step); the other rows go on."""
-        row.finish_reason, row.error = Finish.ERROR, f"{type(e).__name__}: {e}"
+        if isinstance(e, ConstraintError):
+            row.finish_reason, row.error = Finish.CONSTRAINT, str(e)
+        else:
+            row.finish_reason, row.error = Finish.ERROR, f"{type(e).__name__}: {e}"
 
     def abort(self, e: BaseException) -> list[Row]:
         """A step failed as a whole: every live row ends with the error, and the engine is empty."""
@@ -668,6 +686,8 @@ class Engine:
         fork = self.restore(self.snapshot(row), options or row.options, reseed=options is not None)
         if row.trail is not None and fork.trail is not None:  # (the prompt's entries)
             fork.trail = row.trail.copy(fork.trail.k)
+        if row.matcher is not None and fork.options.constraint == row.options.constraint:  # (its place in it)
+            fork.matcher, fork.pending, fork.next_mask = row.matcher.copy(), list(row.pending), row.next_mask
         return fork
 
     def run(self):

@@ -13,11 +13,13 @@ __all__ = ["stream", "generate", "generate_batch"]
 
 def stream(model: MixerModel, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
            stats: GenerationStats | None = None) -> Iterator[str]:
-    """Yield text pieces as they are generated; `stats` (if given) is filled in as it goes."""
+    """Yield text pieces as they are generated; `stats` (if given) is filled in as it goes. A row
+    that fails (its constraint, say) raises at its end, after the text it made."""
     engine = Engine(model)
-    engine.add(prompt, options, stats)
+    row = engine.add(prompt, options, stats)
     for _, piece in engine.run():
         yield piece
+    row.check()
 
 
 def generate(model: MixerModel, prompt: str | bytes, options: GenerateOptions = GenerateOptions(),
@@ -35,4 +37,6 @@ def generate_batch(model: MixerModel, prompts: list[str | bytes],
     out = {row.id: [] for row in rows}
     for row, piece in engine.run():
         out[row.id].append(piece)
+    for row in rows:
+        row.check()
     return ["".join(out[row.id]) for row in rows]

@@ -36,7 +36,13 @@ from .settings import Settings
 FINISH = {Finish.STOP: "stop", Finish.LENGTH: "length"}  # OpenAI's finish_reason for a row that ran its course
 # A row that did not: the error a client gets (status when nothing was sent yet, code, message)
 CUT = {Finish.ERROR: (500, "internal_error", "generation failed: {}"),
+       Finish.CONSTRAINT: (400, "constraint_failed", "the constraint failed while generating: {}"),
        Finish.SHUTDOWN: (503, "shutdown", "the server shut down before the completion ended")}
+
+
+def _param(end: End, req) -> str | None:
+    """The field at fault for a cut row: the constraint's, when it was the constraint."""
+    return req.constrained_by if end.reason == Finish.CONSTRAINT else None
 
 
 def error(status: int, message: str, param: str | None = None, headers=None, code=None) -> JSONResponse:
@@ -180,13 +186,20 @@ class Service:
 
     async def _compile(self, req) -> None:
         """Compile the request's constraint off the decode thread, within --constraint-seconds of
-        its turn; a 400 naming the field if it is invalid or too slow."""
-        await self.compiling.acquire()
-        job = asyncio.get_running_loop().run_in_executor(self.compiler, req.options.constraint.compile)
-        job.add_done_callback(self._compiled)
+        its arrival (waiting for the compile thread included): a 400 naming the field if it is
+        invalid or too slow, a 429 if the thread stays busy with others that long."""
         field, seconds = req.constrained_by, self.settings.constraint_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         try:
-            await asyncio.wait_for(asyncio.shield(job), seconds)
+            await asyncio.wait_for(self.compiling.acquire(), seconds)
+        except asyncio.TimeoutError:
+            raise QueueFull(f"the server is busy compiling other constraints (--constraint-seconds "
+                            f"{seconds:g}); try again") from None
+        job = loop.run_in_executor(self.compiler, req.options.constraint.compile)
+        job.add_done_callback(self._compiled)
+        try:
+            await asyncio.wait_for(asyncio.shield(job), max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:
             raise BadRequest(400, f"{field}: the constraint did not compile within {seconds:g} s "
                                   f"(--constraint-seconds); simplify it", field) from None
@@ -217,7 +230,7 @@ class Service:
             for index, (text, entries, end) in enumerate(r.result() for r in results):
                 if end.reason in CUT:
                     status, code, message = CUT[end.reason]
-                    return error(status, message.format(end.error), code=code)
+                    return error(status, message.format(end.error), _param(end, req), code=code)
                 choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[end.reason],
                                            shape.logprobs(entries, k)))
             total = request.scope["state"][USAGE] = usage([r.result()[2].stats for r in results])
@@ -254,7 +267,8 @@ class Service:
                     continue
                 if item.reason in CUT:
                     status, code, message = CUT[item.reason]
-                    yield f"data: {json.dumps(error_doc(status, message.format(item.error), code=code))}\n\n"
+                    doc = error_doc(status, message.format(item.error), _param(item, req), code=code)
+                    yield f"data: {json.dumps(doc)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 yield self.chunk(shape, cid, created, index, echo, FINISH[item.reason], first=first[index])

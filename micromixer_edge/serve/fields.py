@@ -108,10 +108,13 @@ REFUSED = {"best_of": 1, "suffix": "", "tools": [], "functions": []}
 # request. Each turns its value into a Constraint or raises MixerError (a 400 naming the field).
 def _response_format(v) -> Constraint | None:
     """OpenAI's: {"type": "text"} (none), {"type": "json_object"}, or {"type": "json_schema",
-    "json_schema": {"name", "schema", "strict"}} (strict or not, the schema is enforced)."""
+    "json_schema": {"name", "schema", "strict"}} (strict or not, the schema is enforced);
+    llama.cpp's {"type": "json_object" or "json_schema", "schema": {...}} too."""
     kind = v.get("type") if isinstance(v, dict) else None
     if kind == "text":
         return None
+    if kind in ("json_object", "json_schema") and "schema" in v:  # (llama.cpp's form)
+        return _json_schema(v["schema"])
     if kind == "json_object":
         return Constraint.json_object()
     if kind == "json_schema":
@@ -130,7 +133,7 @@ def _structured_outputs(v) -> Constraint:
     {"json_object": true}."""
     keys = [k for k in ("json", "regex", "choice", "grammar", "json_object") if isinstance(v, dict) and k in v]
     if len(keys) != 1:
-        raise MixerError("must be an object with one of json, regex, choice, grammar, json_object")
+        raise MixerError("must be an object with exactly one of json, regex, choice, grammar, json_object")
     key, value = keys[0], v[keys[0]]
     if key == "json" and isinstance(value, (dict, bool, str)):
         return Constraint.json_schema(value)
@@ -148,19 +151,33 @@ def _structured_outputs(v) -> Constraint:
 def _grammar(v) -> Constraint:
     """llama.cpp's: a GBNF grammar (Lark is taken too)."""
     if not isinstance(v, str):
-        raise MixerError("must be a GBNF grammar (a string)")
+        raise MixerError("must be a grammar (GBNF or Lark, a string)")
     return Constraint.grammar(v)
 
 
 def _json_schema(v) -> Constraint:
-    """llama.cpp's: a JSON schema."""
-    if not isinstance(v, (dict, bool)):
+    """llama.cpp's: a JSON schema (vLLM's older guided_json: also as JSON text)."""
+    if not isinstance(v, (dict, bool, str)):
         raise MixerError("must be a JSON schema (an object)")
     return Constraint.json_schema(v)
 
 
+def _regex(v) -> Constraint:
+    if not isinstance(v, str):
+        raise MixerError("must be a regular expression (a string)")
+    return Constraint.regex(v)
+
+
+def _choice(v) -> Constraint:
+    if not (isinstance(v, list) and v and all(isinstance(c, str) and c for c in v)):
+        raise MixerError("must be a non-empty list of non-empty strings")
+    return Constraint.choice(v)
+
+
+# the field -> its constraint; vLLM's older guided_* fields are its structured_outputs' keys alone
 STRUCTURED = {"response_format": _response_format, "structured_outputs": _structured_outputs,
-              "grammar": _grammar, "json_schema": _json_schema}
+              "grammar": _grammar, "json_schema": _json_schema, "guided_json": _json_schema,
+              "guided_regex": _regex, "guided_choice": _choice, "guided_grammar": _grammar}
 
 
 def _given(req: dict) -> list[str]:
