@@ -223,7 +223,7 @@ def test_constraint_seconds_bounds_the_wait_and_the_compile(bundled):
 
 def test_ten_constraints_slow_at_run_time_do_not_stall_a_stream(server):
     """An ambiguous grammar's masks cost more with each byte (the decode thread computes them):
-    ten such rows beside a stream end with 'constraint_failed' once a mask takes over 5 ms, and
+    ten such rows beside a stream end with 'constraint_failed' once a mask takes over 2 ms, and
     the stream's longest gap between chunks stays under 100 ms."""
     slow = {"prompt": "x", "max_tokens": 4000, "temperature": 0, "logit_bias": {"97": 50},
             "grammar": 'start: e\ne: e e | "a" | "a" "a" | e "b" e'}

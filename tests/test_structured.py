@@ -80,7 +80,7 @@ SCHEMAS = st.recursive(_leaf, lambda inner: st.one_of(
 ), max_leaves=6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schema=SCHEMAS, seed=st.integers(0, 2**32))
 def test_hypothesis_schemas_give_json_that_validates(bundled, schema, seed):
     constraint = Constraint.json_schema(schema)
@@ -121,7 +121,7 @@ _piece = st.one_of(
 REGEXES = st.lists(_piece, min_size=1, max_size=4).map("".join)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pattern=REGEXES, seed=st.integers(0, 2**32))
 def test_hypothesis_regexes_fullmatch(bundled, pattern, seed):
     constraint = Constraint.regex(pattern)
