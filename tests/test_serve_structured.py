@@ -143,13 +143,12 @@ def test_fuzzed_constraint_fields_never_give_a_5xx(server, field, value):
         assert r.json()["error"]["param"] in (field, None)
 
 
-def test_ten_hostile_constraints_do_not_stall_a_stream(server):
-    """Ten large grammars compiling at once (each near the 64 KB limit) while a stream runs: its
-    longest gap between chunks stays under 100 ms (they compile off the decode thread)."""
-    hostile = ["root ::= " + " | ".join(f'"w{i}" [a-z]{{0,9}} ("x" | "{k}")*' for i in range(1900)) for k in range(10)]
+def _gaps_while(server, requests) -> tuple[list, list[float]]:
+    """Post `requests` (bodies) at once while streams run one after another beside them: (the
+    answers, the gaps in seconds between one stream's chunks)."""
     gaps, done = [], threading.Event()
 
-    def stream():  # streams one after another until the hostile requests are answered
+    def stream():
         body = {"prompt": "Once upon a time", "max_tokens": 1000, "stream": True, "ignore_eos": True, "seed": 1}
         while not done.is_set():
             last = None
@@ -160,14 +159,23 @@ def test_ten_hostile_constraints_do_not_stall_a_stream(server):
                         gaps.append(now - last)
                     last = now
 
-    with concurrent.futures.ThreadPoolExecutor(11) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(requests) + 1) as pool:
         streaming = pool.submit(stream)
         time.sleep(0.3)
-        codes = list(pool.map(lambda g: _post(server, {"prompt": "x", "max_tokens": 5, "grammar": g}).status_code,
-                              hostile))  # (ten different ones: a compiled constraint is cached by its text)
+        answers = list(pool.map(lambda body: _post(server, body), requests))
         done.set()
         streaming.result()
-    assert set(codes) <= {200, 400, 429} and all(len(g) < 65536 for g in hostile)  # (429: past --constraint-seconds in the queue)
+    return answers, gaps
+
+
+def test_ten_hostile_constraints_do_not_stall_a_stream(server):
+    """Ten large grammars compiling at once (each near the 64 KB limit) while a stream runs: its
+    longest gap between chunks stays under 100 ms (they compile off the decode thread)."""
+    hostile = ["root ::= " + " | ".join(f'"w{i}" [a-z]{{0,9}} ("x" | "{k}")*' for i in range(1900)) for k in range(10)]
+    # (ten different ones: a compiled constraint is cached by its text)
+    answers, gaps = _gaps_while(server, [{"prompt": "x", "max_tokens": 5, "grammar": g} for g in hostile])
+    # (429: past --constraint-seconds in the compile thread's queue)
+    assert {r.status_code for r in answers} <= {200, 400, 429} and all(len(g) < 65536 for g in hostile)
     assert len(gaps) > 100 and max(gaps) < 0.1, max(gaps)
 
 
@@ -227,25 +235,7 @@ def test_ten_constraints_slow_at_run_time_do_not_stall_a_stream(server):
     the stream's longest gap between chunks stays under 100 ms."""
     slow = {"prompt": "x", "max_tokens": 4000, "temperature": 0, "logit_bias": {"97": 50},
             "grammar": 'start: e\ne: e e | "a" | "a" "a" | e "b" e'}
-    gaps, done = [], threading.Event()
-
-    def stream():
-        body = {"prompt": "Once upon a time", "max_tokens": 1000, "stream": True, "ignore_eos": True, "seed": 1}
-        while not done.is_set():
-            last = None
-            with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
-                for _ in sse_docs(r):
-                    now = time.monotonic()
-                    if last is not None:
-                        gaps.append(now - last)
-                    last = now
-
-    with concurrent.futures.ThreadPoolExecutor(11) as pool:
-        streaming = pool.submit(stream)
-        time.sleep(0.3)
-        answers = list(pool.map(lambda _: _post(server, slow), range(10)))
-        done.set()
-        streaming.result()
+    answers, gaps = _gaps_while(server, [slow] * 10)
     assert {r.status_code for r in answers} == {400}
     assert all(r.json()["error"]["code"] == "constraint_failed" for r in answers)
     assert len(gaps) > 50 and max(gaps) < 0.1, max(gaps)
