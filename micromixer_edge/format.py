@@ -51,8 +51,18 @@ NEEDS_DOT_PRODUCT = ("int8-block32",)
 
 # --- state snapshots (mixer-run --save-state / --load-state; docs/format.md) -----------------
 SNAPSHOT_MAGIC = b"MIXSTATE"         # 8 bytes, then the version as uint16 little-endian
-SNAPSHOT_VERSION = 1                 # what writers write
-READABLE_SNAPSHOT_VERSIONS = range(1, 2)
+SNAPSHOT_VERSION = 2                 # what writers write (1: a JSON header, still read)
+READABLE_SNAPSHOT_VERSIONS = range(1, 3)
+# version 2, after magic and version: the model file's sha256 (first 16 bytes), num_layers,
+# hidden_dim, vocab, position, the context name's length; then runtime/snapshot.py's sections
+SNAPSHOT_FIXED = "<16sHHHQB"
+MT_WORDS = 625                       # random.Random's state: 624 words and an index
+MAX_SNAPSHOT_BYTES = 256 * 1024      # larger is refused before it is read
+MAX_SNAPSHOT_TOKENS = 8192           # history and repetition window, each
+MAX_SNAPSHOT_DRAWS = 1_000_000       # a (seed, draws) generator replays its draws on resume (~50 ms)
+# as text (the server's `state`): base64url, no padding; signed: "." and base64url(HMAC-SHA256)
+STATE_SIGNATURE_SEP = "."
+MAX_STATE_CHARS = 4 * MAX_SNAPSHOT_BYTES // 3 + 64
 
 # --- runtime backends: onnxruntime, or numpy alone for boards without an onnxruntime wheel ----
 BACKENDS = ("auto", "onnxruntime", "numpy")

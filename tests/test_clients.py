@@ -30,9 +30,9 @@ def test_langchain_openai_invoke_and_batch(server, bundled):
 def test_langchain_chat_openai_invoke_and_stream(server, bundled):
     chat = langchain_openai.ChatOpenAI(**_kw(server, bundled))
     reply = chat.invoke([("system", "A story for children."), ("human", "Tom had a big red")])
-    assert reply.content == _greedy(bundled, "A story for children.\n\nTom had a big red")
+    assert reply.content == _greedy(bundled, "A story for children.\n\nTom had a big red\n\n")
     streamed = "".join(chunk.content for chunk in chat.stream("Once upon a time"))
-    assert streamed == _greedy(bundled, "Once upon a time")
+    assert streamed == _greedy(bundled, "Once upon a time\n\n")
 
 
 def test_the_llm_cli_with_a_system_prompt(server, bundled, tmp_path):
@@ -51,4 +51,4 @@ def test_the_llm_cli_with_a_system_prompt(server, bundled, tmp_path):
                               "-o", "max_tokens", "30", *stream, "Once upon a time"],
                              capture_output=True, text=True, timeout=60, env=env)
         assert out.returncode == 0, out.stderr
-        assert out.stdout == _greedy(bundled, "Be brief.\n\nOnce upon a time") + "\n"
+        assert out.stdout == _greedy(bundled, "Be brief.\n\nOnce upon a time\n\n") + "\n"

@@ -26,7 +26,7 @@ def _want(bundled, prompt, n, seed):
 
 
 def test_chat_with_the_openai_client_whole_and_streamed(server, bundled):
-    want = _want(bundled, "A story for children.\n\nOnce upon a time, a little dog", 80, 3)
+    want = _want(bundled, "A story for children.\n\nOnce upon a time, a little dog\n\n", 80, 3)
     done = server.client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=80, seed=3)
     assert done.object == "chat.completion" and done.id.startswith("chatcmpl-")
     assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == want
@@ -45,7 +45,7 @@ def test_chat_with_the_openai_client_whole_and_streamed(server, bundled):
 def test_text_parts_are_text(server, bundled):
     parts = [{"role": "user", "content": [{"type": "text", "text": "Lily and "}, {"type": "text", "text": "Ben"}]}]
     done = server.client.chat.completions.create(model="m", messages=parts, max_tokens=40, seed=1)
-    assert done.choices[0].message.content == _want(bundled, "Lily and Ben", 40, 1)
+    assert done.choices[0].message.content == _want(bundled, "Lily and Ben\n\n", 40, 1)
 
 
 @pytest.mark.parametrize("messages", [None, [], "hi", [{"role": "user"}], [{"role": "robot", "content": "x"}],
@@ -169,7 +169,7 @@ def test_a_chat_reply_without_max_tokens_runs_to_its_end(server, bundled):
     kw = dict(model="m", messages=MESSAGES, seed=5, logprobs=True)
     c = server.client.chat.completions.create(**kw).choices[0]
     assert c.finish_reason == "stop" and len(c.message.content.encode()) > 16
-    assert c.message.content == _want(bundled, "A story for children.\n\nOnce upon a time, a little dog", 4096, 5)
+    assert c.message.content == _want(bundled, "A story for children.\n\nOnce upon a time, a little dog\n\n", 4096, 5)
     assert b"".join(bytes(e.bytes) for e in c.logprobs.content) == c.message.content.encode()
     chunks = list(server.client.chat.completions.create(**kw, stream=True))
     listed = [e for ch in chunks for choice in ch.choices if choice.logprobs for e in choice.logprobs.content]

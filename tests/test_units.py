@@ -1,7 +1,9 @@
 """The fast tier's units (pytest -m fast: the runtime's dependencies, pytest and hypothesis; no
 torch, no ../shared, no network): the byte codec, snapshots, the protobuf reader, the context-mode
 objects and the server's request parsing, each against a truth of its own."""
+import dataclasses
 import json
+import random
 
 import numpy as np
 import onnx
@@ -40,31 +42,70 @@ def test_stories_are_separated_by_blank_lines(tmp_path):
 
 
 # --- snapshots -----------------------------------------------------------------------------------
-arrays = st.dictionaries(st.sampled_from(["sums", "logits", "other"]),
-                         st.lists(st.integers(1, 5), min_size=1, max_size=3).map(
-                             lambda shape: np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)),
-                         min_size=1)
+def _snapshot(position=3, history=(), recent=(), counts=(), generator=(7, 2), layers=2, hidden=3, vocab=4, seed=0):
+    values = np.random.default_rng(seed)
+    return snapshot.Snapshot("ab" * 32, layers, hidden, "halve", position, list(history), list(recent), list(counts),
+                             generator, values.normal(size=(layers, hidden)).astype(np.float32),
+                             values.normal(size=vocab).astype(np.float32))
+
+
+tokens = st.lists(st.integers(0, 255), max_size=300)
+generators = st.one_of(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 1_000_000)),
+                       st.integers(0, 2**32).map(lambda seed: (None, random.Random(seed).getstate())))
 
 
 @settings(max_examples=50)
-@given(arrays=arrays, position=st.integers(0, 10**6), history=st.lists(st.integers(0, 255), max_size=40))
-def test_a_snapshot_decodes_to_what_was_encoded(arrays, position, history):
-    header = {"position": position, "history": history, "context": "halve"}
-    got_header, got = snapshot.decode(snapshot.encode(header, arrays))
-    assert {k: got_header[k] for k in header} == header
-    assert list(got) == list(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
+@given(position=st.integers(0, 10**9), history=tokens, recent=tokens, generator=generators,
+       counts=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 10**6)), max_size=20),
+       shape=st.tuples(st.integers(1, 6), st.integers(1, 300), st.integers(1, 300)))
+def test_a_snapshot_decodes_to_what_was_encoded(position, history, recent, generator, counts, shape):
+    want = _snapshot(position, history, recent, counts, generator, *shape)
+    got = snapshot.decode(snapshot.encode(want))
+    for f in dataclasses.fields(want)[1:]:  # (the sha256 below)
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, f.name
+    assert got.model_sha256 == want.model_sha256[:32]  # (the first 16 bytes)
 
 
 @settings(max_examples=50)
 @given(cut=st.integers(0, 200), flip=st.integers(0, 200))
 def test_a_damaged_snapshot_is_a_snapshot_error(cut, flip):
-    data = snapshot.encode({"position": 3}, {"sums": np.ones((2, 3), np.float32)})
+    data = snapshot.encode(_snapshot())
     truncated = data[:cut % len(data)]
     flipped = bytearray(data)
     flipped[flip % len(data)] ^= 0x40
     for bad in (truncated, bytes(flipped)):
         with pytest.raises(SnapshotError):
             snapshot.decode(bad)
+
+
+def test_unsafe_snapshots_are_refused_even_with_a_good_checksum():
+    nan = _snapshot()
+    nan.logits[0] = np.nan
+    for bad, reason in ((nan, "not finite"), (_snapshot(generator=(1, 10**9)), "replay"),
+                        (_snapshot(history=[1] * 9000), "out of range")):
+        with pytest.raises(SnapshotError, match=reason):
+            snapshot.decode(snapshot.encode(bad))
+
+
+@settings(max_examples=50)
+@given(data=st.binary(min_size=1, max_size=200), key=st.binary(min_size=1, max_size=40), flip=st.integers(0, 10**6))
+def test_state_text_round_trips_and_a_signature_is_checked(data, key, flip):
+    assert snapshot.from_text(snapshot.to_text(data)) == data
+    signed = snapshot.to_text(data, key)
+    assert snapshot.from_text(signed, key) == data
+    altered = list(signed)
+    at = flip % len(altered)
+    altered[at] = "A" if altered[at] != "A" else "B"
+    altered = "".join(altered)
+    if altered != signed and "." in altered:
+        with pytest.raises(SnapshotError):
+            assert snapshot.from_text(altered, key) == data  # (an alteration that decodes the same: base64's spare bits)
+    for bad in (snapshot.to_text(data), signed + "x!", signed.replace(".", "")):
+        with pytest.raises(SnapshotError):
+            snapshot.from_text(bad, key)
+    with pytest.raises(SnapshotError, match="no --state-key-file"):
+        snapshot.from_text(signed)
 
 
 # --- the protobuf reader against the onnx package --------------------------------------------------

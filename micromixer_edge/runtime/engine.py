@@ -29,7 +29,7 @@ from .context import DEFAULT_CONTEXT_MODE, FOLD_CHUNK, MODES, ContextMode, chunk
 from .logprobs import MAX_LOGPROBS, Entry, Trail, best, log_softmax
 from .prompt_cache import PromptCache
 from .state import State
-from .sampling import Sampler, SamplingParams, sample_rows, seed_value
+from .sampling import Sampler, SamplingParams, sample_rows
 from .textstream import TextStream
 
 if TYPE_CHECKING:
@@ -649,36 +649,40 @@ class Engine:
         if row.unfolded:
             self.extend(row, [row.last], prompt=False)
             row.unfolded = False
-        cfg, (version, mt, gauss) = self.model.config, row.sampler.rng.getstate()
-        header = {"model_sha256": self.model.sha256, "num_layers": cfg.num_layers, "hidden_dim": cfg.hidden_dim,
-                  "context": row.options.context, "position": row.position, "history": row.history,
-                  "recent": row.sampler.recent, "rng": [version, list(mt), gauss],
-                  "counts": sorted(row.sampler.counts.items()),
-                  "shadow_position": None}  # (no longer written; a reader may ignore it)
-        arrays = {"sums": row.sums, "logits": row.logits}
-        return snapshot.encode(header, arrays)
+        cfg, sampler = self.model.config, row.sampler
+        return snapshot.encode(snapshot.Snapshot(
+            self.model.sha256, cfg.num_layers, cfg.hidden_dim, row.options.context, row.position, row.history[-self.W:],
+            sampler.recent[-sampler.params.repeat_last_n:] if sampler.params.repeat_last_n else [],
+            sorted(sampler.counts.items()), sampler.generator(), row.sums, row.logits))
 
     def restore(self, data: bytes, options: GenerateOptions = GenerateOptions(), more: list[int] = (),
                 stats: GenerationStats | None = None, reseed: bool = False) -> Row:
         """A new row from a snapshot (its context mode wins over `options`), with `more` tokens
         folded in (no bos), joined to the live rows. Its sampler goes on from the snapshot's
         random state, unless `reseed` and options has a seed: then that seed starts it afresh."""
-        header, arrays = snapshot.decode(data)
-        snapshot.check_model(header, self.model.sha256, self.model.config)
-        row = self.new_row(dataclasses.replace(options, context=header["context"]), stats)
-        row.sums, row.position, row.logits = arrays["sums"], int(header["position"]), arrays["logits"]
-        row.history = list(header["history"])
-        row.sampler.remember(header["recent"])
-        # a snapshot written with a halve shadow (shadow_sums): the row's own sums are complete
-        version, mt, gauss = header["rng"]
-        row.sampler.rng.setstate((version, tuple(mt), gauss))
-        for token, times in header.get("counts", []):  # (none in snapshots before 0.2)
-            row.sampler.accepted(int(token), int(times))
-        if reseed and options.seed is not None:
-            row.sampler.rng.seed(seed_value(options.seed))
+        s = self.read(data)
+        row = self.new_row(dataclasses.replace(options, context=s.context), stats)
+        self.load(row, s, more, reseed)
+        return self.join(row)
+
+    def read(self, data: bytes) -> snapshot.Snapshot:
+        """A snapshot of this model (SnapshotError: unreadable, unsafe, another model's)."""
+        s = snapshot.decode(data)
+        snapshot.check_model(s, self.model.sha256, self.model.config)
+        return s
+
+    def load(self, row: Row, s: snapshot.Snapshot, more: list[int] = (), reseed: bool = False) -> None:
+        """A new row (of the snapshot's context mode) takes the snapshot's state, then folds `more`
+        (no bos); it does not join (a server may call this off its decode thread, as prefill)."""
+        row.sums, row.position, row.logits, row.history = s.sums, s.position, s.logits, list(s.history)[-self.W:]
+        row.sampler.remember(s.recent)
+        row.sampler.resume(*s.generator)
+        for token, times in s.counts:
+            row.sampler.accepted(token, times)
+        if reseed and row.options.seed is not None:
+            row.sampler.reseed(row.options.seed)
         if more:
             self.extend(row, list(more))
-        return self.join(row)
 
     def fork(self, row: Row, options: GenerateOptions | None = None) -> Row:
         """Another continuation of a row's state without re-folding it; a seed in `options`

@@ -29,12 +29,13 @@ import random
 import numpy as np
 
 from ..errors import MixerError
-from ..format import BOS_ID, EOS_ID, PAD_ID
+from ..format import BOS_ID, EOS_ID, MAX_SNAPSHOT_DRAWS, PAD_ID
 
 BANNED = (PAD_ID, BOS_ID)  # never sampled; eos too when ignore_eos (banned_ids)
 
 
 MIN_PENALTY = 0.01  # logits over a smaller penalty could overflow to inf
+MAX_REPLAY = MAX_SNAPSHOT_DRAWS  # draws a snapshot may ask to replay (past it: the Twister's state itself)
 TINY_TEMPERATURE = 1e-30
 
 
@@ -120,7 +121,7 @@ class Sampler:
                  constrained: bool = False):
         self.params = params
         self.mask = None  # (V,) bool, a constrained row's allowed bytes this step (set by the engine)
-        self.rng = random.Random(seed_value(seed))
+        self.reseed(seed)
         self.banned = list(banned_ids(params))
         self._allowed = [i not in self.banned for i in range(vocab_size)]  # by id, for the greedy fast path
         self.penalized = params.repetition_penalty != 1.0 and params.repeat_last_n > 0
@@ -150,7 +151,33 @@ class Sampler:
 
     def uniform(self) -> float:
         """The row's one draw for this byte: its generator's next number in [0, 1)."""
+        self.draws += 1
         return self.rng.random()
+
+    def reseed(self, seed: int | None) -> None:
+        """Start the generator afresh: from `seed`, or without one from 64 random bits, so that
+        its state is always (seed, draws): 16 bytes in a snapshot, not the Mersenne Twister's 2.5 KB."""
+        self.seed = seed_value(seed) if seed is not None else random.SystemRandom().getrandbits(64)
+        self.rng, self.draws = random.Random(self.seed), 0
+
+    def generator(self) -> tuple:
+        """The generator's state: (seed, draws), or (None, the Mersenne Twister's state) when it
+        was resumed from a state that had no seed (a snapshot of version 1) or drew too often to
+        replay (MAX_REPLAY)."""
+        if self.seed is not None and self.draws <= MAX_REPLAY:
+            return self.seed, self.draws
+        return None, self.rng.getstate()
+
+    def resume(self, seed: int | None, state) -> None:
+        """The generator of `generator()`: `seed` and its draws replayed, or the Twister's state."""
+        if seed is None:
+            self.seed, self.draws = None, 0
+            self.rng.setstate(state)
+            return
+        self.reseed(seed)
+        for _ in range(state):  # (~50 ns a draw: 1,000,000 in 50 ms)
+            self.rng.random()
+        self.draws = state
 
     def pick(self, ids: list[int], logp: list[float]) -> int:
         """One of the min-p candidates `ids` (ascending; `logp` their log-probabilities relative to

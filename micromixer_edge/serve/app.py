@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -19,6 +20,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ..errors import BadRequest, MixerError, QueueFull, ShuttingDown
+from ..runtime import snapshot
+from ..runtime.context import context_mode
 from ..format import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ..runtime.logprobs import token_text
 from .access import USAGE, AccessLog, LineWriter
@@ -26,7 +29,7 @@ from .answer import BLOCK, CHAT, HELD, HOLD_SECONDS, TEXT, Budget, ReleaseAnswer
 from ..runtime.engine import Engine, Finish
 from ..runtime.model import MixerModel
 from ..runtime.prompt_cache import PromptCache
-from .auth import RequireKey, read_api_key
+from .auth import RequireKey, read_api_key, read_state_key
 from .chat import ChatTemplate
 from .fields import chat_messages, chat_request, parse_completion, parse_detokenize, parse_tokenize, tokens
 from .loop import DecodeLoop, End, Piece
@@ -111,11 +114,15 @@ class Service:
         self.compiling = asyncio.Semaphore(1)
         self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
                                                settings.max_prompt_bytes)
+        self.state_key = read_state_key(settings.state_key_file)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
-              finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None) -> str:
+              finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None,
+              state: bytes | None = None) -> str:
         """One SSE event in OpenAI's chunk format; index None: the usage-only chunk (no choices)."""
         choices = [] if index is None else [shape.piece(index, text, finish, first, logprobs)]
+        if state is not None:  # (the choice's last chunk, when the request asked: return_state)
+            choices[0]["state"] = snapshot.to_text(state, self.state_key)
         doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
@@ -149,7 +156,9 @@ class Service:
     async def chat(self, request: Request) -> Response:
         async def parse(body: bytes):
             req, messages = chat_messages(body)
-            return chat_request(req, await self.template.render(messages), self.settings)
+            if req.get("state") is None:
+                return chat_request(req, await self.template.render(messages), self.settings)
+            return chat_request(req, await self.template.continuation(messages), self.settings)
         return await self._answer(request, CHAT, parse)
 
     async def _answer(self, request: Request, shape: "Shape", parse) -> Response:
@@ -157,6 +166,7 @@ class Service:
         whole, in the endpoint's shape."""
         try:
             req = await parse(await self.body(request))
+            req, resume = self._resume(req)
             if req.options.constraint is not None:
                 await self._compile(req)
             if not self.answers.take(req.answer_bytes):
@@ -164,7 +174,7 @@ class Service:
                                 f"{self.answers.held / 2**20:.1f} MB (--answers-in-flight-mb "
                                 f"{self.settings.answers_in_flight_mb:g})")
             request.scope.setdefault("state", {})[HELD] = req.answer_bytes  # given back once the response is out
-            jobs = self.loop.submit(req.choices())
+            jobs = self.loop.submit(req.choices(), resume, req.return_state)
         except BadRequest as e:
             self.metrics.requests.labels(outcome=f"error_{e.status}").inc()
             # a body not read to its end leaves the connection unusable: close it
@@ -183,6 +193,27 @@ class Service:
             return await self._whole(shape, req, request, jobs, cid, created)
         finally:
             self._cancel_open(jobs)
+
+    def _resume(self, req):
+        """(the request, the state it continues or None): the state text checked (signature,
+        then the snapshot: readable, safe, this model's) and its context mode the request's; a
+        400 naming `state` for anything else."""
+        if req.state is None:
+            return req, None
+        try:
+            s = self.loop.engine.read(snapshot.from_text(req.state, self.state_key))
+            context_mode(s.context)
+        except MixerError as e:
+            self.metrics.states.labels(event="refused").inc()
+            text = str(e)
+            raise BadRequest(400, f"state {text}" if text.startswith(("is ", "has ", "must ")) else f"state: {text}",
+                             "state") from None
+        if req.asked_context not in (None, s.context):
+            self.metrics.states.labels(event="refused").inc()
+            raise BadRequest(400, f"state: it was made in {s.context} mode, and the request asks for "
+                                  f"{req.asked_context}; leave context out (the state's mode wins)", "context")
+        self.metrics.states.labels(event="resumed").inc()
+        return dataclasses.replace(req, options=dataclasses.replace(req.options, context=s.context)), s
 
     async def _compile(self, req) -> None:
         """Compile the request's constraint off the decode thread, within --constraint-seconds of
@@ -233,6 +264,8 @@ class Service:
                     return error(status, message.format(end.error), _param(end, req), code=code)
                 choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[end.reason],
                                            shape.logprobs(entries, k)))
+                if end.state is not None:
+                    choices[-1]["state"] = snapshot.to_text(end.state, self.state_key)
             total = request.scope["state"][USAGE] = usage([r.result()[2].stats for r in results])
             doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
                    "choices": choices, "usage": total}
@@ -271,7 +304,8 @@ class Service:
                     yield f"data: {json.dumps(doc)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                yield self.chunk(shape, cid, created, index, echo, FINISH[item.reason], first=first[index])
+                yield self.chunk(shape, cid, created, index, echo, FINISH[item.reason], first=first[index],
+                                 state=item.state)
                 ended.append(item.stats)
                 state[USAGE] = usage(ended)  # (the access log's counts)
             if req.include_usage:

@@ -12,6 +12,19 @@ from ..errors import MixerError
 OPEN_PATHS = ("/health", "/")
 
 
+def read_state_key(path: str | None) -> bytes | None:
+    """--state-key-file: the key that signs conversation states (HMAC-SHA256), its first line;
+    at least 16 bytes (a fleet shares it: `python -c "import secrets; print(secrets.token_hex(32))"`)."""
+    if path is None:
+        return None
+    lines = Path(path).read_text().strip().splitlines()
+    key = lines[0].strip().encode() if lines else b""
+    if len(key) < 16:
+        raise MixerError(f"{path}: a state key needs at least 16 characters (make one with "
+                         "python -c \"import secrets; print(secrets.token_hex(32))\")")
+    return key
+
+
 def read_api_key(key: str | None, key_file: str | None) -> bytes | None:
     """The key from --api-key or the first line of --api-key-file (not both), as bytes."""
     if key and key_file:

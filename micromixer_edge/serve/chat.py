@@ -6,7 +6,8 @@ rendering ever runs in the server's process. A render past --template-seconds is
 that request's 400; a template that does not compile within 10x as long is refused at start.
 
 The default suits a base byte-level story model, which has no notion of turns: the messages'
-texts in order, a blank line between them, and the reply continues the last one. A system
+texts in order, each followed by a blank line, and the reply starts after the last one's (so it
+is prefix-stable: `stable`, which states need). A system
 message is accepted and placed first like any other. `--chat-template FILE` replaces it; the
 template is rendered as Hugging Face's `apply_chat_template` (and so vLLM) renders one: Jinja's
 sandbox with trim_blocks, lstrip_blocks and loop controls, `{% generation %}` blocks kept as they
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import functools
 import json
 import os
 import select
@@ -35,7 +37,11 @@ from pathlib import Path
 from ..errors import BadRequest, MixerError, TemplateRefused
 from ..format import EOS_ID
 
-DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}{% endfor %}"
+# each message's text and a blank line: the reply starts after one, as it sits in the history
+# later (prefix-stable: a conversation carried by states renders as one sent whole)
+DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{{ '\\n\\n' }}{% endfor %}"
+MARK = "\ue000mixer-reply\ue001"  # a stand-in reply (private-use characters) that the stability probe finds
+PROBE = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there."}]
 LOAD_FACTOR = 10          # compiling may take this many times --template-seconds (at start only)
 START_SECONDS = 30        # the worker's own start (Python and Jinja's import: seconds on a small board)
 MEMORY_MB = 256           # the worker's address space beyond what it has when it starts
@@ -77,6 +83,33 @@ class ChatTemplate:
     async def render(self, messages: list[dict]) -> str:
         """As calling it, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self, messages)
+
+    def after_reply(self, messages: list[dict]) -> str:
+        """What these messages add to a conversation whose last turn was the model's reply (a
+        state carries the rest): the template's rendering after a stand-in reply. Exact for a
+        prefix-stable template (`stable`); a 400 naming `state` for another."""
+        if not self.stable:
+            raise BadRequest(400, f"state: {self.name} is not prefix-stable (a conversation rendered with "
+                                  f"its reply and the next message does not begin with it rendered before the "
+                                  f"reply), so a state cannot carry a chat; send the messages whole", "state")
+        text = self([{"role": "assistant", "content": MARK}, *messages])
+        return text[text.index(MARK) + len(MARK):]
+
+    async def continuation(self, messages: list[dict]) -> str:
+        """`after_reply`, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.after_reply, messages)
+
+    @functools.cached_property
+    def stable(self) -> bool:
+        """Whether a conversation rendered for its reply is a prefix of it rendered with the reply
+        and the next message, and the rest is what `after_reply` gives (probed once)."""
+        try:
+            before = self(PROBE)
+            whole = self([*PROBE, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye."}])
+            after = self([{"role": "assistant", "content": MARK}, {"role": "user", "content": "Bye."}])
+        except BadRequest:
+            return False
+        return MARK in after and whole == before + "Hello." + after[after.index(MARK) + len(MARK):]
 
     def close(self) -> None:
         self._kill()

@@ -95,6 +95,8 @@ FIELDS = (
           lambda s: 'an object such as {"include_usage": true}'),
     Field("n", lambda v, s: _integer(v) and 1 <= v <= s.max_batch,
           lambda s: f"an integer from 1 to {s.max_batch} (--max-batch)"),
+    Field("return_state", lambda v, s: isinstance(v, bool), lambda s: "true or false"),
+    Field("state", lambda v, s: isinstance(v, str), lambda s: "a state text (a choice's `state`)"),
     Field("model", lambda v, s: isinstance(v, str), lambda s: "a string"),
     Field("user", lambda v, s: isinstance(v, str), lambda s: "a string"),
 )
@@ -208,6 +210,9 @@ class CompletionRequest:
     echo: bool = False        # each choice's text begins with its prompt
     answer_bytes: int = 0     # the most JSON its answer can hold (serve/answer.py)
     constrained_by: str | None = None  # the STRUCTURED field that gave options.constraint
+    state: str | None = None  # the state text its prompt (or chat messages) continue
+    return_state: bool = False  # each choice carries its state at its end
+    asked_context: str | None = None  # the context mode the request named (a state's own wins, or a 400)
 
     def prompt_text(self, index: int) -> str:
         """What choice `index` echoes before its text ("" without echo)."""
@@ -385,8 +390,11 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
     cost = answer_bytes(endpoint, sizes, n, options.max_new_tokens, options.logprobs, echo, options.prompt_logprobs)
     if cost > settings.max_answer_bytes:
         raise BadRequest(400, _too_big(cost, settings, endpoint, options), _costly_field(endpoint, options, n))
+    if req.get("state") is not None and len(prompts) != 1:
+        raise BadRequest(400, "a state continues one prompt (n > 1 forks it)", "prompt")
     return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo, cost,
-                             _given(req)[0] if options.constraint is not None else None)
+                             _given(req)[0] if options.constraint is not None else None, req.get("state"),
+                             req.get("return_state") is True, req.get("context"))
 
 
 def _costly_field(endpoint: str, options: GenerateOptions, n: int) -> str:

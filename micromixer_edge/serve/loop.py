@@ -18,7 +18,9 @@ import traceback
 
 from ..errors import QueueFull, ShuttingDown
 from ..runtime.engine import Engine, Finish, GenerateOptions, GenerationStats, Row
+from ..codec import utf8
 from ..runtime.logprobs import Entry
+from ..runtime.snapshot import Snapshot
 from .metrics import Metrics
 
 
@@ -35,6 +37,7 @@ class End:
     reason: str
     stats: GenerationStats
     error: str | None = None
+    state: bytes | None = None  # the row's snapshot at its end, when the request asked for it
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,6 +51,8 @@ class Job:
     ended: bool = False
     answered: bool = False      # something was posted: the first text goes out without waiting
     forks: list = dataclasses.field(default_factory=list)  # jobs forked from this one's prompt state
+    resume: Snapshot | None = None  # the state its prompt folds after (no bos), instead of bos
+    return_state: bool = False      # its End carries the row's snapshot
 
     @property
     def rows(self) -> int:
@@ -91,12 +96,14 @@ class DecodeLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, choices: list[tuple[str | bytes, list[GenerateOptions]]]) -> list[Job]:
-        """Queue a request's choices, all or none: per prompt, one job that folds it and a fork
-        of its state for each further choice. Returns the jobs in choice order."""
+    def submit(self, choices: list[tuple[str | bytes, list[GenerateOptions]]], resume: Snapshot | None = None,
+               return_state: bool = False) -> list[Job]:
+        """Queue a request's choices, all or none: per prompt, one job that folds it (after the
+        state `resume`, if given) and a fork of its state for each further choice. Returns the
+        jobs in choice order."""
         aio, parents, jobs = asyncio.get_running_loop(), [], []
         for prompt, options in choices:
-            group = [Job(prompt, o, asyncio.Queue(), aio) for o in options]
+            group = [Job(prompt, o, asyncio.Queue(), aio, resume=resume, return_state=return_state) for o in options]
             group[0].forks = group[1:]
             parents.append(group[0])
             jobs += group
@@ -237,7 +244,11 @@ class DecodeLoop:
 
     def _prefill(self, job: Job) -> BaseException | None:
         try:
-            self.engine.prefill(job.row, job.prompt)
+            if job.resume is not None:  # (a request's seed starts the generator afresh)
+                more = job.prompt if isinstance(job.prompt, bytes) else utf8(job.prompt)
+                self.engine.load(job.row, job.resume, list(more), reseed=True)
+            else:
+                self.engine.prefill(job.row, job.prompt)
         except Exception as e:  # noqa: BLE001 - this request's preparation failed; the others go on
             traceback.print_exc(file=sys.stderr)
             return e
@@ -309,7 +320,11 @@ class DecodeLoop:
         stats = _stats(row)
         self.metrics.finished(reason, stats)
         err = row.error if row is not None else f"{type(error).__name__}: {error}" if error is not None else None
-        self._post(job, End(reason, stats, err))
+        state = None
+        if job.return_state and reason in (Finish.STOP, Finish.LENGTH):
+            state = self.engine.snapshot(row)  # (its last byte folded in: a call of its own)
+            self.metrics.states.labels(event="returned").inc()
+        self._post(job, End(reason, stats, err, state))
 
 
 def _stats(row: Row | None) -> GenerationStats:

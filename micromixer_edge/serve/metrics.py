@@ -18,6 +18,8 @@ class Metrics:
         self.cache_bytes = Gauge("mixer_prompt_cache_bytes", "Bytes the prompt cache holds", registry=self.registry)
         self.queue_depth = Gauge("mixer_queue_depth", "Requests waiting for a row", registry=self.registry)
         self.active_rows = Gauge("mixer_active_rows", "Rows in the shared decode step", registry=self.registry)
+        self.states = Counter("mixer_states", "Conversation states: returned to clients, resumed, refused",
+                              ["event"], registry=self.registry)
         self.step_seconds = Histogram("mixer_step_seconds", "One decode step for all live rows",
                                       buckets=STEP_BUCKETS, registry=self.registry)
 

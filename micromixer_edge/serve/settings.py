@@ -53,6 +53,10 @@ class Settings:
                               "playground page (which asks for it).")
     api_key_file: str = _opt(None, "As --api-key, the key read from this file's first line (kept out of "
                                    "the process list).")
+    state_key_file: str = _opt(None, "Sign the conversation states the server returns (return_state) with the key "
+                                     "in this file (HMAC-SHA256), and take back only states it signed: use it "
+                                     "when the template adds what a client must not drop or change (a system "
+                                     "prompt), and share it across a fleet (docs/fleet.md).")
     chat_template: str = _opt(None, "A Jinja template file that turns chat messages into the prompt "
                                     "(default: their texts, a blank line apart; docs/server.md).")
     access_log: bool = _opt(True, "A line per request on stdout: client, method, path, status, bytes, "
