@@ -87,7 +87,7 @@ def test_a_choice_is_the_same_whatever_else_runs(server, bundled):
 def test_chat_with_n(server, bundled):
     done = server.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Tom had a"}],
                                                  max_tokens=30, n=2, seed=9)
-    assert [c.message.content for c in done.choices] == [_alone(bundled, "Tom had a", 30, 9 + j)[0] for j in range(2)]
+    assert [c.message.content for c in done.choices] == [_alone(bundled, "Tom had a\n\n", 30, 9 + j)[0] for j in range(2)]
 
 
 def test_the_health_counts_the_forks_and_frees_them(server):

@@ -90,7 +90,7 @@ def test_chat_logprobs_are_per_byte_with_top_logprobs(server, truth, top):
     content = c.logprobs.content
     made = b"".join(bytes(e.bytes) for e in content)
     assert made == c.message.content.encode()  # the content's bytes; never the end-of-sequence byte
-    want = truth([1, *b"Once upon a time", *made])[len(b"Once upon a time"):]
+    want = truth([1, *b"Once upon a time\n\n", *made])[len(b"Once upon a time\n\n"):]  # (the default template)
     for t, e in enumerate(content):
         assert e.token == token_text(e.bytes[0]) and len(e.top_logprobs) == top
         assert e.logprob == pytest.approx(want[t, e.bytes[0]], abs=2e-4)
@@ -149,7 +149,7 @@ def test_detokenize_takes_bytes_or_says_which_field(server, tokens):
 def test_tokenize_messages_is_the_chat_prompt(server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     r = httpx.post(server.url + "/tokenize", json={"messages": messages}, timeout=10).json()
-    assert bytes(r["tokens"]) == b"Be brief.\n\nHi"
+    assert bytes(r["tokens"]) == b"Be brief.\n\nHi\n\n"
 
 
 def test_a_token_prompt_that_begins_with_bos_gets_no_second_one(server, truth):

@@ -444,8 +444,12 @@ def test_a_mask_that_grows_too_slow_ends_its_row(bundled):
     with 'constraint' and the rows beside it go on."""
     slow = Constraint.grammar('start: e\ne: e e | "a" | "a" "a" | e "b" e', "lark")
     plain = ("Once", GenerateOptions.of(max_new_tokens=50, seed=1))
-    (text, finish), alone = _run(_model(bundled), [("x", _options(slow, 1, temperature=0, logit_bias={ord("a"): 50},
-                                                                  n=4000)), plain])
+    engine = Engine(_model(bundled), mask_seconds=0.002)
+    rows = [engine.add("x", _options(slow, 1, temperature=0, logit_bias={ord("a"): 50}, n=4000)), engine.add(*plain)]
+    out = {r.id: "" for r in rows}
+    for r, piece in engine.run():
+        out[r.id] += piece
+    (text, finish), alone = [(out[r.id], r.finish_reason) for r in rows]
     assert finish == "constraint" and 100 < len(text) < 4000
     assert alone == _run(_model(bundled), [plain])[0]
 

@@ -245,7 +245,7 @@ def test_a_chat_request_parses_or_is_a_bad_request(messages, extra):
         return
     texts = [m["content"] if isinstance(m["content"], str) else "" if m["content"] is None  # (an assistant's null)
              else "".join(p["text"] for p in m["content"]) for m in messages]
-    assert req.prompts == ("\n\n".join(texts),)
+    assert req.prompts == ("".join(t + "\n\n" for t in texts),)  # (each message, then a blank line)
 
 
 @settings(max_examples=60, deadline=None)

@@ -40,7 +40,6 @@ MAX_SOURCE_BYTES = 64 * 1024     # a constraint's text (schema, regex, grammar):
 MAX_DEPTH = 128                  # a JSON schema's nesting, in JSON levels (a schema level is two)
 SAFE_INTEGER = 2 ** 53           # integers in a schema beyond this are refused
 MAX_FORCED = 4096                # forced bytes taken at once (a grammar with no end forces them forever)
-MASK_SECONDS = 0.002             # one mask at most (~200x a usual one here); past it the row fails
 BIG = 10 ** 15 - 1               # unbounded integers: at most 15 digits
 STEP = 1e-6                      # unbounded numbers: at most 6 decimals (a multipleOf)
 MAX_STRING = 64                  # free strings: at most this many characters
@@ -175,15 +174,15 @@ class Matcher:
     def __init__(self, matcher, kind: str):
         self._m, self.kind = matcher, kind
 
-    def allowed(self) -> np.ndarray:
+    def allowed(self, limit: float | None = None) -> np.ndarray:
         """(256,) bool: the bytes the constraint allows next; eos where it accepts. A mask that
-        takes over MASK_SECONDS (an ambiguous grammar's grow with the text) fails the row: the
-        decode thread computes it, and other rows wait meanwhile."""
+        takes over `limit` seconds (an ambiguous grammar's grow with the text) fails the row: a
+        server's decode thread computes it, and the other rows wait meanwhile."""
         t0 = time.perf_counter()
         allowed = _check(self._m, self.kind)
-        if time.perf_counter() - t0 > MASK_SECONDS:
-            raise ConstraintError(f"the {_what(self.kind)} took {(time.perf_counter() - t0) * 1e3:.0f} ms to say "
-                                  f"which byte may come next (at most {MASK_SECONDS * 1e3:g}): simplify it")
+        if limit is not None and time.perf_counter() - t0 > limit:
+            raise ConstraintError(f"the {_what(self.kind)} took {(time.perf_counter() - t0) * 1e3:.1f} ms to say "
+                                  f"which byte may come next (at most {limit * 1e3:g}): simplify it")
         return allowed
 
     def copy(self) -> "Matcher":

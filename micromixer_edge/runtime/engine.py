@@ -234,7 +234,7 @@ def _scores(rows: list[Row], block: np.ndarray) -> dict[int, tuple[np.ndarray, l
 PENDING_ROWS = 8   # live rows from which forced bytes go one a step in the shared call (scripts/structured_bench.py)
 
 
-def _next_mask(matcher: Matcher, ignore_eos: bool) -> tuple:
+def _next_mask(matcher: Matcher, ignore_eos: bool, limit: float | None) -> tuple:
     """What a constrained row takes next: (the bytes its constraint forces, taken by the matcher,
     None), or (b"", the (V,) allowed bytes), or (b"", None) where the text is complete and the
     row ignores eos (eos the one id allowed); (the error, None) if the constraint failed."""
@@ -243,7 +243,7 @@ def _next_mask(matcher: Matcher, ignore_eos: bool) -> tuple:
         if forced:
             matcher.consume(forced)
             return forced, None
-        allowed = matcher.allowed()
+        allowed = matcher.allowed(limit)
         return (b"", None) if ignore_eos and allowed[EOS_ID] and allowed.sum() == 1 else (b"", allowed)
     except Exception as e:  # noqa: BLE001 - this row's constraint: the row ends with the error
         return e, None
@@ -252,8 +252,9 @@ def _next_mask(matcher: Matcher, ignore_eos: bool) -> tuple:
 class Engine:
     """Owns a model and its live rows; `step()` advances every live row by one byte in one call."""
 
-    def __init__(self, model: MixerModel, cache: PromptCache | None = None):
+    def __init__(self, model: MixerModel, cache: PromptCache | None = None, mask_seconds: float | None = None):
         self.model, self.W, self.cache = model, model.max_seq_len, cache
+        self.mask_seconds = mask_seconds  # a constrained row whose next mask takes longer fails (None: no limit)
         for mode in MODES.values():
             mode.check(self.W)
         self.rows: list[Row] = []
@@ -446,7 +447,8 @@ class Engine:
             if row.pending:  # (the matcher took them already)
                 runs[i], row.sampler.mask = [row.pending.pop(0)], None
                 continue
-            forced, allowed = row.next_mask or _next_mask(row.matcher, row.options.sampling.ignore_eos)
+            forced, allowed = row.next_mask or _next_mask(row.matcher, row.options.sampling.ignore_eos,
+                                                          self.mask_seconds)
             row.next_mask, row.sampler.mask = None, allowed
             if isinstance(forced, Exception):  # its constraint failed: the row ends with the error
                 runs[i] = forced
@@ -487,7 +489,7 @@ class Engine:
             row.finish_reason = Finish.STOP
             self._finish_text(row)
         elif not row.pending:  # (now, while the matcher's state is in the cache: ~2x faster than after the model call)
-            row.next_mask = _next_mask(row.matcher, row.options.sampling.ignore_eos)
+            row.next_mask = _next_mask(row.matcher, row.options.sampling.ignore_eos, self.mask_seconds)
 
     def _fold_run(self, row: Row, tokens: list[int]) -> list:
         """Fold tokens into a row between steps, from its state in the stepper (or its own); with

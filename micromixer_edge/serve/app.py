@@ -104,7 +104,7 @@ class Service:
         self.name = self.model.path.stem
         cache = PromptCache(int(settings.prompt_cache_mb * 2**20), salt=self.model.sha256) \
             if settings.prompt_cache_mb > 0 else None
-        self.loop = DecodeLoop(Engine(self.model, cache), settings.max_batch, settings.max_queue, self.metrics,
+        self.loop = DecodeLoop(Engine(self.model, cache, settings.constraint_mask_ms / 1000), settings.max_batch, settings.max_queue, self.metrics,
                                on_death)
         self.answers = Budget(int(settings.answers_in_flight_mb * 2**20))
         self.lane = asyncio.Lock()  # whole answers encode one at a time (answer.paced), on this app's loop

@@ -43,6 +43,10 @@ class Settings:
     constraint_seconds: float = _opt(2.0, "A structured-output constraint (JSON schema, regex, grammar) must compile, "
                                           "with its first mask, within this many seconds, else that request's 400; "
                                           "constraints compile one at a time, off the decode thread.", 0.01)
+    constraint_mask_ms: float = _opt(2.0, "A constrained row whose next mask takes longer than this fails (its request's "
+                                          "400): the decode thread computes masks while the other rows wait (an "
+                                          "ambiguous grammar's grow with its text); ~0.01-0.1 ms usual on x86; raise it "
+                                          "on a slow board.", 0.01)
     timeout_seconds: float = _opt(5.0, "A request (headers and body) must arrive within this many seconds "
                                        "of its first byte, else 408 and the connection closes; also the "
                                        "keep-alive idle time, and how long a client may leave a full write "
