@@ -59,7 +59,7 @@ SNAPSHOT_FIXED = "<16sHHHQB"
 MT_WORDS = 625                       # random.Random's state: 624 words and an index
 MAX_SNAPSHOT_BYTES = 256 * 1024      # larger is refused before it is read
 MAX_SNAPSHOT_TOKENS = 8192           # history and repetition window, each
-MAX_SNAPSHOT_DRAWS = 1_000_000       # a (seed, draws) generator replays its draws on resume (~50 ms)
+MAX_SNAPSHOT_DRAWS = 65_536          # a (seed, draws) generator replays its draws on resume (~2-3 ms here)
 # as text (the server's `state`): base64url, no padding; signed: "." and base64url(HMAC-SHA256)
 STATE_SIGNATURE_SEP = "."
 MAX_STATE_CHARS = 4 * MAX_SNAPSHOT_BYTES // 3 + 64

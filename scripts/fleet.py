@@ -51,7 +51,7 @@ http {{
       proxy_set_header Connection "";
       proxy_buffering off;
       proxy_request_buffering on;
-      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream error timeout http_502 http_503 non_idempotent;
       proxy_next_upstream_tries 3;
       proxy_connect_timeout 2s;
       proxy_read_timeout 300s;

@@ -70,7 +70,7 @@ def _generate(engine, prompt, options):
 # --- the server -----------------------------------------------------------------------------------
 @SETTINGS
 @given(cuts=st.lists(st.integers(1, 199), min_size=1, max_size=4, unique=True), seed=st.integers(0, 2**31))
-def test_a_seeded_stream_cut_into_pieces_is_the_uncut_stream(server, cuts, seed):
+def test_a_seeded_stream_cut_into_pieces_is_the_uncut_stream(server, bundled, cuts, seed):
     """Each next request: the last state, an empty prompt, no seed (the state's generator goes
     on); the pieces joined are the uncut stream's bytes. A seed re-seeds."""
     body = {"prompt": "Lily and Ben", "temperature": 0.8, "ignore_eos": True}
@@ -82,8 +82,13 @@ def test_a_seeded_stream_cut_into_pieces_is_the_uncut_stream(server, cuts, seed)
         doc = _post(server, ask).json()
         state, text, at = doc["choices"][0]["state"], text + _text(doc), end
     assert text == whole
-    reseeded = _post(server, {**body, "prompt": "", "state": state, "seed": 5, "max_tokens": 30}).json()
-    assert _text(reseeded) == _text(_post(server, {**body, "prompt": "", "state": state, "seed": 5, "max_tokens": 30}).json())
+    goes_on = _text(_post(server, {**body, "prompt": "", "state": state, "max_tokens": 30}).json())
+    reseeded = _text(_post(server, {**body, "prompt": "", "state": state, "seed": 5, "max_tokens": 30}).json())
+    assert reseeded != goes_on  # (a seed starts the generator afresh; without one it goes on)
+    engine = Engine(_model(bundled, "int8"))
+    row = engine.restore(snapshot.from_text(state), GenerateOptions.of(max_new_tokens=30, seed=5, ignore_eos=True),
+                         reseed=True)
+    assert reseeded == "".join(p for r, p in engine.run() if r is row)
 
 
 def test_the_state_comes_in_the_whole_answer_and_the_last_chunk_and_forks(server):
@@ -98,6 +103,14 @@ def test_the_state_comes_in_the_whole_answer_and_the_last_chunk_and_forks(server
     alone = [_text(_post(server, {"prompt": " and", "state": whole["state"], "seed": 9 + i, "max_tokens": 20}).json())
              for i in range(3)]
     assert [c["text"] for c in n["choices"]] == alone
+
+
+def test_a_states_context_mode_wins(server):
+    state = _post(server, {"prompt": "Once", "max_tokens": 5, "context": "window", "return_state": True}).json()
+    state = state["choices"][0]["state"]
+    r = _post(server, {"prompt": "", "state": state, "max_tokens": 5, "context": "halve"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "context"
+    assert _post(server, {"prompt": "", "state": state, "max_tokens": 5, "context": "window"}).status_code == 200
 
 
 def test_a_chat_carried_by_states_is_the_chat_sent_whole(server):
@@ -149,6 +162,30 @@ def test_states_are_data_checked_before_use(server, bundled):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
+def _v1(header: dict, arrays: dict) -> bytes:
+    """A version 1 snapshot (a JSON header) with a valid crc32, as a crafter could make one."""
+    import struct
+    import zlib
+    text = json.dumps({**header, "arrays": [[k, list(v.shape)] for k, v in arrays.items()]}).encode()
+    body = struct.pack("<8sHI", b"MIXSTATE", 1, len(text)) + text + b"".join(v.astype("<f4").tobytes() for v in arrays.values())
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_crafted_states_with_a_good_checksum_are_400s(server):
+    good = snapshot.decode(snapshot.from_text(_post(server, {"prompt": "Once", "max_tokens": 5, "return_state": True})
+                                              .json()["choices"][0]["state"]))
+    words = list(random.Random(1).getstate()[1])
+    bad_twister = snapshot.Snapshot(**{**good.__dict__, "generator": (None, (3, tuple(words[:-1] + [1000]), None))})
+    header = {"model_sha256": 5, "num_layers": 3, "hidden_dim": 224, "context": "halve", "position": 1,
+              "history": [], "recent": [], "rng": [3, words, None]}
+    arrays = {"sums": good.sums, "logits": good.logits}
+    short = snapshot.Snapshot(**{**good.__dict__, "position": 300})  # (its history: 6 bytes)
+    for data in (snapshot.encode(bad_twister), _v1(header, arrays), _v1({**header, "position": float("inf")}, arrays),
+                 snapshot.encode(short)):
+        r = _post(server, {"prompt": "", "max_tokens": 5, "state": snapshot.to_text(data)})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "state", r.text
+
+
 def test_a_state_is_4_kb_of_bytes_under_8_kb_of_text(server):
     state = _post(server, {"prompt": "Once upon a time", "max_tokens": 600, "ignore_eos": True,
                            "presence_penalty": 0.5, "return_state": True}).json()["choices"][0]["state"]
@@ -174,6 +211,12 @@ def test_signed_states(bundled, tmp_path):
                                     (signed, "does not match", c), (signed, "no --state-key-file", b)):
             r = _post(server, {"prompt": "", "max_tokens": 5, "state": bad})
             assert r.status_code == 400 and reason in r.json()["error"]["message"], r.text
+        # a completions state (the template's system prompt not folded in) cannot go on as a chat
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+        r = _post(a, {**chat, "state": signed}, "/v1/chat/completions")
+        assert r.status_code == 400 and "another endpoint" in r.json()["error"]["message"]
+        chat_state = _post(a, {**chat, "return_state": True}, "/v1/chat/completions").json()["choices"][0]["state"]
+        assert _post(a, {**chat, "state": chat_state}, "/v1/chat/completions").status_code == 200
     finally:
         for s in (a, b, c):
             assert s.stop() == 0

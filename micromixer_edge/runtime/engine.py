@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConstraintError, MixerError
+from ..errors import ConstraintError, MixerError, SnapshotError
 from ..codec import encode_prompt
 from ..format import EOS_ID
 from . import snapshot
@@ -667,10 +667,14 @@ class Engine:
         self.load(row, s, more, reseed)
         return self.join(row)
 
-    def read(self, data: bytes) -> snapshot.Snapshot:
-        """A snapshot of this model (SnapshotError: unreadable, unsafe, another model's)."""
-        s = snapshot.decode(data)
+    def read(self, data: bytes, old: bool = True) -> snapshot.Snapshot:
+        """A snapshot of this model (SnapshotError: unreadable, unsafe, another model's); old=False
+        refuses version 1 (runtime/snapshot.py)."""
+        s = snapshot.decode(data, old)
         snapshot.check_model(s, self.model.sha256, self.model.config)
+        if context_mode(s.context).bounded(self.W) and len(s.history) < min(s.position, self.W):
+            raise SnapshotError("the snapshot's history is shorter than its position needs (a bounded mode "
+                                "re-folds from it)")
         return s
 
     def load(self, row: Row, s: snapshot.Snapshot, more: list[int] = (), reseed: bool = False) -> None:

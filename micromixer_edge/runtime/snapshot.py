@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import random
 import re
 import struct
 import zlib
@@ -86,23 +87,26 @@ def _generator(generator: tuple) -> bytes:
             + struct.pack("<?d", gauss is not None, gauss or 0.0))
 
 
-def decode(data: bytes) -> Snapshot:
-    """The snapshot in `data`; SnapshotError with one line on anything unreadable or unsafe."""
+def decode(data: bytes, old: bool = True) -> Snapshot:
+    """The snapshot in `data`; SnapshotError with one line on anything unreadable or unsafe.
+    old=False refuses version 1 (a JSON header: a server takes only what servers wrote)."""
     if len(data) < _V1_HEAD.size + _CRC.size or data[:8] != fmt.SNAPSHOT_MAGIC:
         raise SnapshotError("not a MicroMixer state snapshot (made by mixer-run --save-state)")
     if len(data) > fmt.MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"the snapshot is over {fmt.MAX_SNAPSHOT_BYTES // 1024} KB")
     _, version = _HEAD.unpack_from(data)
-    if version not in fmt.READABLE_SNAPSHOT_VERSIONS:
+    if version not in fmt.READABLE_SNAPSHOT_VERSIONS or version == 1 and not old:
         raise SnapshotError(f"snapshot version {version} is not supported (this runtime reads "
                             f"{fmt.READABLE_SNAPSHOT_VERSIONS.start}..{fmt.READABLE_SNAPSHOT_VERSIONS.stop - 1})")
     if zlib.crc32(data[:-_CRC.size]) != _CRC.unpack_from(data, len(data) - _CRC.size)[0]:
         raise SnapshotError("the snapshot is truncated or corrupt (checksum mismatch)")
     try:
         s = _decode_v1(data) if version == 1 else _decode_v2(data[:-_CRC.size])
-    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as e:
+        _check(s)
+    except SnapshotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a crafted snapshot makes the readers raise
         raise SnapshotError(f"the snapshot is unreadable ({type(e).__name__})") from None
-    _check(s)
     return s
 
 
@@ -173,8 +177,12 @@ def _check(s: Snapshot) -> None:
     if s.sums.shape != (s.num_layers, s.hidden_dim) or not (np.isfinite(s.sums).all() and np.isfinite(s.logits).all()):
         raise SnapshotError("the snapshot's state is not finite or not of its shape")
     seed, state = s.generator
-    if seed is not None and not 0 <= state <= fmt.MAX_SNAPSHOT_DRAWS:
+    if seed is not None and not (isinstance(seed, int) and isinstance(state, int) and 0 <= state <= fmt.MAX_SNAPSHOT_DRAWS):
         raise SnapshotError(f"the snapshot's generator asks to replay over {fmt.MAX_SNAPSHOT_DRAWS} draws")
+    if seed is None:
+        random.Random().setstate(state)  # (ValueError, TypeError: a state that is not the Twister's)
+    if not (isinstance(s.model_sha256, str) and isinstance(s.context, str) and isinstance(s.position, int)):
+        raise SnapshotError("the snapshot's header has the wrong types")
 
 
 def check_model(s: Snapshot, sha256: str, config: fmt.MixerConfig) -> None:
@@ -186,17 +194,20 @@ def check_model(s: Snapshot, sha256: str, config: fmt.MixerConfig) -> None:
 
 
 # --- as text, for HTTP -----------------------------------------------------------------------------
-def to_text(data: bytes, key: bytes | None = None) -> str:
-    """base64url of the snapshot, and with a key "." and its HMAC-SHA256."""
+def to_text(data: bytes, key: bytes | None = None, domain: str = "") -> str:
+    """base64url of the snapshot, and with a key "." and its HMAC-SHA256 over `domain` and the
+    bytes: a server signs a chat's states with its template's hash, so that a state made by
+    completions (no system prompt folded in) or under another template is refused by chat."""
     text = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
     if key is None:
         return text
-    return text + fmt.STATE_SIGNATURE_SEP + base64.urlsafe_b64encode(_mac(key, data)).rstrip(b"=").decode()
+    return text + fmt.STATE_SIGNATURE_SEP + base64.urlsafe_b64encode(_mac(key, domain, data)).rstrip(b"=").decode()
 
 
-def from_text(text, key: bytes | None = None) -> bytes:
+def from_text(text, key: bytes | None = None, domain: str = "") -> bytes:
     """The snapshot's bytes of a `to_text` text; SnapshotError if it is not one, or with a key
-    when it is unsigned or its signature does not match (checked before anything is decoded)."""
+    when it is unsigned or its signature (for `domain`) does not match, checked before anything
+    is decoded."""
     if not isinstance(text, str) or len(text) > fmt.MAX_STATE_CHARS:
         raise SnapshotError(f"must be a state text of at most {fmt.MAX_STATE_CHARS} characters")
     body, sep, tag = text.partition(fmt.STATE_SIGNATURE_SEP)
@@ -204,15 +215,16 @@ def from_text(text, key: bytes | None = None) -> bytes:
     if key is not None:
         if mac is None:
             raise SnapshotError("is not signed, and this server takes signed states only (--state-key-file)")
-        if not hmac.compare_digest(mac, _mac(key, data)):
-            raise SnapshotError("has a signature that does not match (altered, or signed with another key)")
+        if not hmac.compare_digest(mac, _mac(key, domain, data)):
+            raise SnapshotError("has a signature that does not match (altered, signed with another key, or made "
+                                "by another endpoint or chat template)")
     elif mac is not None:
         raise SnapshotError("is signed, and this server has no --state-key-file to check it")
     return data
 
 
-def _mac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
+def _mac(key: bytes, domain: str, data: bytes) -> bytes:
+    return hmac.new(key, domain.encode() + b"\0" + data, hashlib.sha256).digest()
 
 
 def _b64(text: str) -> bytes:

@@ -115,6 +115,7 @@ class Service:
         self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
                                                settings.max_prompt_bytes)
         self.state_key = read_state_key(settings.state_key_file)
+        self.template.stable  # (probed now, at start: whether chat may go on from states)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
               finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None,
@@ -122,7 +123,7 @@ class Service:
         """One SSE event in OpenAI's chunk format; index None: the usage-only chunk (no choices)."""
         choices = [] if index is None else [shape.piece(index, text, finish, first, logprobs)]
         if state is not None:  # (the choice's last chunk, when the request asked: return_state)
-            choices[0]["state"] = snapshot.to_text(state, self.state_key)
+            choices[0]["state"] = snapshot.to_text(state, self.state_key, self._domain(shape))
         doc = {"id": cid, "object": shape.chunk_object, "created": created, "model": self.name, "choices": choices}
         if usage is not None:
             doc["usage"] = usage
@@ -194,6 +195,11 @@ class Service:
         finally:
             self._cancel_open(jobs)
 
+    def _domain(self, what) -> str:
+        """What a state's signature covers besides its bytes: the endpoint, and for chat the
+        template (a completions state, or another template's, must not continue a chat)."""
+        return f"chat:{self.template.sha256}" if getattr(what, "chat", False) else "text"
+
     def _resume(self, req):
         """(the request, the state it continues or None): the state text checked (signature,
         then the snapshot: readable, safe, this model's) and its context mode the request's; a
@@ -201,9 +207,9 @@ class Service:
         if req.state is None:
             return req, None
         try:
-            s = self.loop.engine.read(snapshot.from_text(req.state, self.state_key))
+            s = self.loop.engine.read(snapshot.from_text(req.state, self.state_key, self._domain(req)), old=False)
             context_mode(s.context)
-        except MixerError as e:
+        except (MixerError, ValueError) as e:
             self.metrics.states.labels(event="refused").inc()
             text = str(e)
             raise BadRequest(400, f"state {text}" if text.startswith(("is ", "has ", "must ")) else f"state: {text}",
@@ -265,7 +271,7 @@ class Service:
                 choices.append(shape.whole(index, req.prompt_text(index) + text, FINISH[end.reason],
                                            shape.logprobs(entries, k)))
                 if end.state is not None:
-                    choices[-1]["state"] = snapshot.to_text(end.state, self.state_key)
+                    choices[-1]["state"] = snapshot.to_text(end.state, self.state_key, self._domain(shape))
             total = request.scope["state"][USAGE] = usage([r.result()[2].stats for r in results])
             doc = {"id": cid, "object": shape.whole_object, "created": created, "model": self.name,
                    "choices": choices, "usage": total}

@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import datetime
 import functools
+import hashlib
 import json
 import os
 import select
@@ -42,6 +43,7 @@ from ..format import EOS_ID
 DEFAULT_TEMPLATE = "{% for m in messages %}{{ m.content }}{{ '\\n\\n' }}{% endfor %}"
 MARK = "\ue000mixer-reply\ue001"  # a stand-in reply (private-use characters) that the stability probe finds
 PROBE = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there."}]
+REPLY = " Hello,\n there. \n"  # the probe's reply: blanks at both ends and inside
 LOAD_FACTOR = 10          # compiling may take this many times --template-seconds (at start only)
 START_SECONDS = 30        # the worker's own start (Python and Jinja's import: seconds on a small board)
 MEMORY_MB = 256           # the worker's address space beyond what it has when it starts
@@ -102,14 +104,20 @@ class ChatTemplate:
     @functools.cached_property
     def stable(self) -> bool:
         """Whether a conversation rendered for its reply is a prefix of it rendered with the reply
-        and the next message, and the rest is what `after_reply` gives (probed once)."""
+        and the next message, and the rest is what `after_reply` gives (probed once, at start: the
+        server asks; a reply with blanks around it, as a model's may have, so that a template that
+        trims or rewrites content is found out)."""
         try:
             before = self(PROBE)
-            whole = self([*PROBE, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye."}])
+            whole = self([*PROBE, {"role": "assistant", "content": REPLY}, {"role": "user", "content": "Bye."}])
             after = self([{"role": "assistant", "content": MARK}, {"role": "user", "content": "Bye."}])
-        except BadRequest:
+        except BadRequest:  # (a template that fails on the probe: states are refused with chat)
             return False
-        return MARK in after and whole == before + "Hello." + after[after.index(MARK) + len(MARK):]
+        return MARK in after and whole == before + REPLY + after[after.index(MARK) + len(MARK):]
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
 
     def close(self) -> None:
         self._kill()

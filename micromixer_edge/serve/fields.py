@@ -213,6 +213,7 @@ class CompletionRequest:
     state: str | None = None  # the state text its prompt (or chat messages) continue
     return_state: bool = False  # each choice carries its state at its end
     asked_context: str | None = None  # the context mode the request named (a state's own wins, or a 400)
+    chat: bool = False        # /v1/chat/completions (its states are signed with the template's hash)
 
     def prompt_text(self, index: int) -> str:
         """What choice `index` echoes before its text ("" without echo)."""
@@ -392,9 +393,12 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
         raise BadRequest(400, _too_big(cost, settings, endpoint, options), _costly_field(endpoint, options, n))
     if req.get("state") is not None and len(prompts) != 1:
         raise BadRequest(400, "a state continues one prompt (n > 1 forks it)", "prompt")
+    if req.get("state") is not None and options.prompt_logprobs:
+        raise BadRequest(400, "echo with logprobs scores a prompt from its start (bos); a state's prompt goes on "
+                              "from the state: leave echo or logprobs out", "echo")
     return CompletionRequest(tuple(prompts), options, req.get("stream") is True, usage, n, echo, cost,
                              _given(req)[0] if options.constraint is not None else None, req.get("state"),
-                             req.get("return_state") is True, req.get("context"))
+                             req.get("return_state") is True, req.get("context"), endpoint == "chat")
 
 
 def _costly_field(endpoint: str, options: GenerateOptions, n: int) -> str:

@@ -19,6 +19,7 @@ import traceback
 from ..errors import QueueFull, ShuttingDown
 from ..runtime.engine import Engine, Finish, GenerateOptions, GenerationStats, Row
 from ..codec import utf8
+from ..format import BOS_ID
 from ..runtime.logprobs import Entry
 from ..runtime.snapshot import Snapshot
 from .metrics import Metrics
@@ -246,6 +247,7 @@ class DecodeLoop:
         try:
             if job.resume is not None:  # (a request's seed starts the generator afresh)
                 more = job.prompt if isinstance(job.prompt, bytes) else utf8(job.prompt)
+                more = more[1:] if more[:1] == bytes([BOS_ID]) and isinstance(job.prompt, bytes) else more  # (ids with bos)
                 self.engine.load(job.row, job.resume, list(more), reseed=True)
             else:
                 self.engine.prefill(job.row, job.prompt)
@@ -322,8 +324,11 @@ class DecodeLoop:
         err = row.error if row is not None else f"{type(error).__name__}: {error}" if error is not None else None
         state = None
         if job.return_state and reason in (Finish.STOP, Finish.LENGTH):
-            state = self.engine.snapshot(row)  # (its last byte folded in: a call of its own)
-            self.metrics.states.labels(event="returned").inc()
+            try:
+                state = self.engine.snapshot(row)  # (its last byte folded in: a call of its own)
+                self.metrics.states.labels(event="returned").inc()
+            except Exception as e:  # noqa: BLE001 - this row's state alone: the answer ends with the error
+                reason, err = Finish.ERROR, f"its state could not be written: {type(e).__name__}: {e}"
         self._post(job, End(reason, stats, err, state))
 
 
