@@ -19,7 +19,7 @@ from micromixer_edge.runtime.engine import Engine, GenerateOptions  # noqa: E402
 from micromixer_edge.runtime.model import MixerModel  # noqa: E402
 from serving import Served, metric  # noqa: E402
 
-SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MODELS = {}
 
 

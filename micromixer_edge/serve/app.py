@@ -115,7 +115,6 @@ class Service:
         self.template = ChatTemplate.from_file(settings.chat_template, settings.template_seconds,
                                                settings.max_prompt_bytes)
         self.state_key = read_state_key(settings.state_key_file)
-        self.template.stable  # (probed now, at start: whether chat may go on from states)
 
     def chunk(self, shape: "Shape", cid: str, created: int, index: int | None, text: str = "",
               finish: str | None = None, usage=None, first: bool = False, logprobs: dict | None = None,

@@ -55,7 +55,7 @@ class ChatTemplate:
     def __init__(self, source: str = DEFAULT_TEMPLATE, name: str = "the default chat template",
                  seconds: float = 1.0, max_chars: int = 1 << 20):
         self.source, self.name, self.seconds, self.max_chars = source, name, seconds, max_chars
-        self._lock, self._proc = threading.Lock(), None
+        self._lock, self._proc, self._stable = threading.Lock(), None, None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-template")
         with self._lock:
             self._start()  # a template that fails or is too costly to load: refused now, in one line
@@ -101,19 +101,25 @@ class ChatTemplate:
         """`after_reply`, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.after_reply, messages)
 
-    @functools.cached_property
+    @property
     def stable(self) -> bool:
         """Whether a conversation rendered for its reply is a prefix of it rendered with the reply
-        and the next message, and the rest is what `after_reply` gives (probed once, at start: the
-        server asks; a reply with blanks around it, as a model's may have, so that a template that
-        trims or rewrites content is found out)."""
-        try:
-            before = self(PROBE)
-            whole = self([*PROBE, {"role": "assistant", "content": REPLY}, {"role": "user", "content": "Bye."}])
-            after = self([{"role": "assistant", "content": MARK}, {"role": "user", "content": "Bye."}])
-        except BadRequest:  # (a template that fails on the probe: states are refused with chat)
-            return False
-        return MARK in after and whole == before + REPLY + after[after.index(MARK) + len(MARK):]
+        and the next message, and the rest is what `after_reply` gives: probed at the first chat
+        request with a state (on the render thread), with a reply that has blanks around it, as a
+        model's may, so that a template that trims or rewrites content is found out. The answer
+        is kept, unless the probe ran out of time (asked again next time)."""
+        if self._stable is None:
+            try:
+                before = self(PROBE)
+                whole = self([*PROBE, {"role": "assistant", "content": REPLY}, {"role": "user", "content": "Bye."}])
+                after = self([{"role": "assistant", "content": MARK}, {"role": "user", "content": "Bye."}])
+            except BadRequest as e:  # a template that fails on the probe refuses chat states
+                if "did not render" in str(e):
+                    return False
+                self._stable = False
+            else:
+                self._stable = MARK in after and whole == before + REPLY + after[after.index(MARK) + len(MARK):]
+        return self._stable
 
     @functools.cached_property
     def sha256(self) -> str:
