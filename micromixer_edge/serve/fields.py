@@ -176,6 +176,9 @@ def _choice(v) -> Constraint:
     return Constraint.choice(v)
 
 
+STATE_TEXT_BYTES = 16 * 1024  # what a choice's `state` adds to its answer, at most (a model larger than the 1m: more)
+
+
 # the field -> its constraint; vLLM's older guided_* fields are its structured_outputs' keys alone
 STRUCTURED = {"response_format": _response_format, "structured_outputs": _structured_outputs,
               "grammar": _grammar, "json_schema": _json_schema, "guided_json": _json_schema,
@@ -389,6 +392,8 @@ def _request(req: dict, prompts: list[str | bytes], settings: Settings, endpoint
         raise BadRequest(400, f"n x prompts ({n} x {len(prompts)}) must be at most --max-batch + --max-queue "
                               f"({most})", "prompt" if n == 1 else "n")
     cost = answer_bytes(endpoint, sizes, n, options.max_new_tokens, options.logprobs, echo, options.prompt_logprobs)
+    if req.get("return_state") is True:  # (each choice's state: ~5.6 KB of text for the 1m model)
+        cost += n * len(prompts) * STATE_TEXT_BYTES
     if cost > settings.max_answer_bytes:
         raise BadRequest(400, _too_big(cost, settings, endpoint, options), _costly_field(endpoint, options, n))
     if req.get("state") is not None and len(prompts) != 1:
