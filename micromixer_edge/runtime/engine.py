@@ -412,7 +412,6 @@ class Engine:
         if ended:
             self._detach()
             self.rows = [r for r in rows if r.finish_reason is None]
-
         if self.rows:
             try:
                 failed = self._feed()

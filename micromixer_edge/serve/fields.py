@@ -132,22 +132,20 @@ def _response_format(v) -> Constraint | None:
 
 def _structured_outputs(v) -> Constraint:
     """vLLM's: one of {"json": schema}, {"regex": ...}, {"choice": [...]}, {"grammar": ...},
-    {"json_object": true}."""
-    keys = [k for k in ("json", "regex", "choice", "grammar", "json_object") if isinstance(v, dict) and k in v]
+    {"json_object": true}; each key's value as its own field takes it (VLLM_KEYS)."""
+    keys = [k for k in VLLM_KEYS if isinstance(v, dict) and k in v]
     if len(keys) != 1:
-        raise MixerError("must be an object with exactly one of json, regex, choice, grammar, json_object")
-    key, value = keys[0], v[keys[0]]
-    if key == "json" and isinstance(value, (dict, bool, str)):
-        return Constraint.json_schema(value)
-    if key == "json_object" and value is True:
-        return Constraint.json_object()
-    if key in ("regex", "grammar") and isinstance(value, str):
-        return Constraint.regex(value) if key == "regex" else Constraint.grammar(value)
-    if key == "choice" and isinstance(value, list) and value and all(isinstance(c, str) and c for c in value):
-        return Constraint.choice(value)
-    raise MixerError({"json": "json must be a JSON schema", "json_object": "json_object must be true",
-                      "regex": "regex must be a string", "grammar": "grammar must be a string (GBNF or Lark)",
-                      "choice": "choice must be a non-empty list of non-empty strings"}[key])
+        raise MixerError("must be an object with exactly one of " + ", ".join(VLLM_KEYS))
+    try:
+        return VLLM_KEYS[keys[0]](v[keys[0]])
+    except MixerError as e:
+        raise MixerError(f"{keys[0]} {e}") from None
+
+
+def _json_object(v) -> Constraint:
+    if v is not True:
+        raise MixerError("must be true")
+    return Constraint.json_object()
 
 
 def _grammar(v) -> Constraint:
@@ -179,6 +177,8 @@ def _choice(v) -> Constraint:
 STATE_TEXT_BYTES = 16 * 1024  # what a choice's `state` adds to its answer, at most (a model larger than the 1m: more)
 
 
+# vLLM's structured_outputs keys (looked up when a request comes)
+VLLM_KEYS = {"json": _json_schema, "regex": _regex, "choice": _choice, "grammar": _grammar, "json_object": _json_object}
 # the field -> its constraint; vLLM's older guided_* fields are its structured_outputs' keys alone
 STRUCTURED = {"response_format": _response_format, "structured_outputs": _structured_outputs,
               "grammar": _grammar, "json_schema": _json_schema, "guided_json": _json_schema,
