@@ -42,13 +42,16 @@ class Browser:
         page = next(p for p in pages if p["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30)
         self._id = 0
+        self.events: list[dict] = []  # DevTools events seen while waiting for answers (Network.enable's)
 
     def call(self, method: str, **params):
         self._id += 1
         self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
-            if msg.get("id") == self._id:
+            if "method" in msg:
+                self.events.append(msg)
+            elif msg.get("id") == self._id:
                 if "error" in msg:
                     raise RuntimeError(msg["error"])
                 return msg["result"]
