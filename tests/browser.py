@@ -43,15 +43,32 @@ class Browser:
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30)
         self._id = 0
         self.events: list[dict] = []  # DevTools events seen while waiting for answers (Network.enable's)
+        self._watching = False
+
+    def watch_network(self) -> None:
+        """Record the requests of the page and of its workers (a worker's own fetches are its
+        target's: each is attached as it starts, paused until its Network domain is on)."""
+        self._watching = True
+        self.call("Network.enable")
+        self.call("Target.setAutoAttach", autoAttach=True, waitForDebuggerOnStart=True, flatten=True)
+
+    def _send(self, method: str, session: str | None = None, **params) -> int:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params,
+                                 **({"sessionId": session} if session else {})}))
+        return self._id
 
     def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        wanted = self._send(method, **params)
         while True:
             msg = json.loads(self.ws.recv())
             if "method" in msg:
                 self.events.append(msg)
-            elif msg.get("id") == self._id:
+                if self._watching and msg["method"] == "Target.attachedToTarget":
+                    session = msg["params"]["sessionId"]
+                    self._send("Network.enable", session)
+                    self._send("Runtime.runIfWaitingForDebugger", session)
+            elif msg.get("id") == wanted:
                 if "error" in msg:
                     raise RuntimeError(msg["error"])
                 return msg["result"]

@@ -32,9 +32,9 @@ function fail(message) {
   process.exit(1);
 }
 
-function number(name, text) {
+function number(name, text, option = flag(name)) {
   const v = SPEC[name]?.kind === "seed" && /^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text)) ? BigInt(text) : Number(text);
-  if (typeof v === "number" && Number.isNaN(v)) fail(`--${flag(name)} must be a number, not ${JSON.stringify(text)}`);
+  if (typeof v === "number" && Number.isNaN(v)) fail(`--${option} must be a number, not ${JSON.stringify(text)}`);
   return v;
 }
 
@@ -65,7 +65,7 @@ async function main() {
   if (positionals.length > 1) fail("give one MODEL.onnx");
   const o = {};
   for (const n of NUMERIC) if (v[flag(n)] !== undefined) o[n] = number(n, v[flag(n)]);
-  if (v["max-new-tokens"] !== undefined) o.max_tokens = number("max_tokens", v["max-new-tokens"]);
+  if (v["max-new-tokens"] !== undefined) o.max_tokens = number("max_tokens", v["max-new-tokens"], "max-new-tokens");
   if (v.prompt === undefined) fail("give a prompt: -p TEXT (or -p - to read stdin)");
   o.prompt = v.prompt === "-" ? readFileSync(0, "utf8") : v.prompt;
   if (v.stop) o.stop = v.stop;

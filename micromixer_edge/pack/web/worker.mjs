@@ -79,6 +79,7 @@ self.onmessage = async ({ data }) => {
       delete result.tokens;
       self.postMessage({ type: "done", id: data.id, result });
     } catch (e) {
+      flush();  // (the text made before the failure)
       self.postMessage({ type: "error", id: data.id, message: e.message || String(e) });
     }
   }
