@@ -24,7 +24,7 @@ from micromixer_edge.runtime.engine import Engine, GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.sampling import Sampler, SamplingParams, banned_ids, seed_value
 from micromixer_edge.runtime.textstream import TextStream
-from micromixer_edge.codec import encode_prompt
+from micromixer_edge.codec import encode_prompt, utf8
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -207,7 +207,14 @@ def _option_cases() -> list[dict]:
     cases.append({"options": {"prompt": 5}, "error": "prompt must be a string"})
     cases.append({"options": {"tempreature": 1}, "error": "unknown option tempreature; the options are "
                   + ", ".join(spec)})
-    cases.append({"options": {"prompt": "a\ud800b"}, "error": "the prompt is not valid Unicode: a lone surrogate U+D800 at character 1"})
+    for prompt in ("a\ud800b", "🐶x\udc00", "\ud83d"):  # (Python's words: codec.utf8)
+        try:
+            utf8(prompt)
+            error = None
+        except MixerError as e:
+            error = str(e)
+        cases.append({"options": {"prompt": prompt}, "error": error})
+    cases.append({"options": {"prompt": "🐶 ok"}, "error": None})
     return cases
 
 
@@ -482,3 +489,15 @@ def test_page_says_what_is_wrong_with_the_model(browser, packed, tmp_path, damag
         assert status.startswith(message) and "model" in status, status
     finally:
         page.close()
+
+
+def test_docs_option_table_is_the_runners():
+    """docs/web.md's option table: every option of fields.mjs, its default and its bound's words."""
+    import re
+    from micromixer_edge.pack.web import option_spec
+    spec, defaults = option_spec()
+    text = (ROOT / "docs" / "web.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \| (.*) \|$", text, re.M)
+    assert [r[0] for r in rows] == list(spec)
+    for name, default, what in rows:
+        assert json.loads(default) == defaults[name] and what.startswith(spec[name]["what"]), name

@@ -231,6 +231,8 @@ function holds(spec, v) {
   return false;
 }
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /** options -> every option with its default filled in, or an Error with the server's 400 message. */
 export function checkOptions(options = {}) {
   if (options === null || typeof options !== "object") throw new Error("options must be an object");
@@ -244,9 +246,10 @@ export function checkOptions(options = {}) {
     o[name] = v;
   }
   o.stop = typeof o.stop === "string" ? [o.stop] : [...o.stop];
-  if (!o.prompt.isWellFormed()) {
-    const cps = Array.from(o.prompt), at = cps.findIndex((c) => !c.isWellFormed());
-    throw new Error(`the prompt is not valid Unicode: a lone surrogate U+${cps[at].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")} at character ${at}`);
+  const lone = LONE_SURROGATE.exec(o.prompt);  // (String.isWellFormed: Node 20; a Pi's Node is 18)
+  if (lone) {
+    const at = Array.from(o.prompt.slice(0, lone.index)).length;
+    throw new Error(`the prompt is not valid Unicode: a lone surrogate U+${lone[0].charCodeAt(0).toString(16).toUpperCase()} at character ${at}`);
   }
   return o;
 }
