@@ -11,7 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
-import urllib.request
+import time
 import warnings
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from micromixer_edge.runtime.engine import Engine, GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.sampling import Sampler, SamplingParams, banned_ids, seed_value
 from micromixer_edge.runtime.textstream import TextStream
-from micromixer_edge.codec import encode_prompt, utf8
+from micromixer_edge.codec import encode_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -169,7 +169,7 @@ def _text_cases(rng: random.Random) -> list[dict]:
     return cases
 
 
-OPTION_VALUES = [True, False, "1", [], {}, -3, -1, 0, 0.005, 0.5, 1, 2, 2.5, 10, 10.5, 100, 256, 257, 4096, 4097, 8192,
+OPTION_VALUES = [None, True, False, "1", [], {}, -3, -1, 0, 0.005, 0.5, 1, 2, 2.5, 10, 10.5, 100, 256, 257, 4096, 4097, 8192,
                  8193, -2.5, 1e308, "halve", "window", "nope", ["a"], [""], "", ["a"] * 16, ["a"] * 17, {"10": 5},
                  {"256": 1}, {"10": 101}, {"x": 1}, {"10": "1"}, 2**63 - 2**10, 2**63, -2**63]
 
@@ -181,11 +181,12 @@ def _server_says(name: str, value) -> str | None:
     from micromixer_edge.serve.settings import Settings
     from micromixer_edge.pack.web import _flag_free
     field = {"repetition_penalty": "repeat_penalty"}.get(name, name)
+    body = {"prompt": value} if name == "prompt" else {"prompt": "x", field: value}
     if name == "repeat_last_n":  # (no such server field: its bound, as the server would word it)
         bound = SamplingParams.bound(name)
-        return None if bound.holds(value, served=True) else f"{name} must be {bound.text(served=True)}"
+        return None if value is None or bound.holds(value, served=True) else f"{name} must be {bound.text(served=True)}"
     try:
-        parse_completion(json.dumps({"prompt": "x", field: value}).encode(), Settings(model=""))
+        parse_completion(json.dumps(body).encode(), Settings(model=""))
     except BadRequest as e:
         return _flag_free(str(e)).replace(field, name, 1)
     return None
@@ -207,14 +208,10 @@ def _option_cases() -> list[dict]:
     cases.append({"options": {"prompt": 5}, "error": "prompt must be a string"})
     cases.append({"options": {"tempreature": 1}, "error": "unknown option tempreature; the options are "
                   + ", ".join(spec)})
-    for prompt in ("a\ud800b", "🐶x\udc00", "\ud83d"):  # (Python's words: codec.utf8)
-        try:
-            utf8(prompt)
-            error = None
-        except MixerError as e:
-            error = str(e)
-        cases.append({"options": {"prompt": prompt}, "error": error})
-    cases.append({"options": {"prompt": "🐶 ok"}, "error": None})
+    for prompt in ("a\ud800b", "🐶x\udc00", "\ud83d", "🐶 ok"):
+        cases.append({"options": {"prompt": prompt}, "error": _server_says("prompt", prompt)})
+    for stop in (["ok", "\ud800"], "x\udc00", ["🐶"]):
+        cases.append({"options": {"stop": stop}, "error": _server_says("stop", stop)})
     return cases
 
 
@@ -228,18 +225,19 @@ def _margins(model, prompt: str, tokens: list[int], options: GenerateOptions) ->
 
 def _generate_cases(bundled) -> list[dict]:
     cases = []
-    sampled = [dict(temperature=0.8, seed=1), dict(temperature=1.2, top_k=0, top_p=0.9, min_p=0, seed=2**63 - 1),
-               dict(temperature=0.7, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.3,
-                    logit_bias={"101": -3, "32": 1.5}, seed=7),
-               dict(temperature=0.8, seed=3, stop=["Lily", "\n"], context="window"),
-               dict(temperature=0.9, seed=4, context="unbounded", ignore_eos=True)]
+    sampled = [dict(prompt=PROMPTS[0], temperature=0.8, seed=1),
+               dict(prompt=PROMPTS[3], temperature=1.2, top_k=0, top_p=0.9, min_p=0, seed=2**63 - 1),
+               dict(prompt=PROMPTS[2], temperature=0.7, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.3,
+                    logit_bias={"101": -3, "32": 1.5, "065": 2, "65": -1}, seed=7),
+               dict(prompt=PROMPTS[4], temperature=0.8, seed=3, stop=["Lily", "\n", "🐶"], context="window"),
+               dict(prompt=PROMPTS[-1], temperature=0.8, seed=5, context="window", repetition_penalty=1.2, repeat_last_n=0),
+               dict(prompt=PROMPTS[-1], temperature=0.9, seed=4, context="unbounded", ignore_eos=True)]
     for kind in ("float", "portable", "int8"):
         model = MixerModel(bundled[kind])
         runs = [dict(prompt=p, max_tokens=300, temperature=0) for p in PROMPTS]
-        runs += [dict(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=300, **s) for i, s in enumerate(sampled)]
+        runs += [dict(max_tokens=300, **s) for s in sampled]
         for o in runs:
-            opts = GenerateOptions.of(max_new_tokens=o["max_tokens"], **{k: v for k, v in o.items() if k not in (
-                "prompt", "max_tokens", "logit_bias")}, logit_bias=tuple((int(k), float(b)) for k, b in o.get("logit_bias", {}).items()))
+            opts = _options({"options": o})
             engine = Engine(model)
             row = engine.add(o["prompt"], opts)
             text = "".join(piece for _, piece in engine.run())
@@ -278,32 +276,46 @@ def test_node_runner_matches_python(node_ready, cases):
 
 
 # --- run.mjs: the runner in Node as a board would run it ----------------------------------------
-def _mixer_run(model, *args) -> str:
+def _mixer_run(model, *args, stdin: str = "") -> str:
     proc = subprocess.run([str(Path(sys.executable).parent / "mixer-run"), str(model), *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, input=stdin)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 @pytest.mark.parametrize("args", [["-p", "Once upon a time", "-n", "300", "--temperature", "0"],
                                   ["-p", "The cat", "-n", "200", "-t", "0.8", "--top-k", "20", "--seed", "5",
-                                   "--stop", "dog", "--logit-bias", "101:-2"]])
+                                   "--stop", "dog", "--logit-bias", "101:-2"],
+                                  ["-p", "-", "-n", "100", "--seed", "-7", "--presence-penalty", "-0.5"],
+                                  ["-p", "Lily", "-n", "100", "--seed", "18446744073709551615", "--context", "window"]])
 def test_run_mjs_prints_mixer_runs_text(node_ready, packed, bundled, args):
-    proc = _node(str(packed["int8"] / "run.mjs"), *args)  # (onnxruntime-node from web/, where node runs)
+    stdin = "Once upon a time\n\n"  # (-p -: the trailing newlines dropped, as mixer-run does)
+    proc = subprocess.run(["node", str(packed["int8"] / "run.mjs"), *args], cwd=WEB, input=stdin, capture_output=True,
+                          text=True, timeout=120)  # (onnxruntime-node from web/, where node runs)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == _mixer_run(bundled["int8"], *args)
+    assert proc.stdout == _mixer_run(bundled["int8"], *args, stdin=stdin)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-p", "x", "--temperature", "3"], "error: temperature must be a number from 0 to 2"),
-    (["-p", "x", "--bogus"], "error: Unknown option '--bogus'"),
+    (["-p", "x", "--temperature", "3"], "error: --temperature must be a number from 0 to 2"),
+    (["-p", "x", "-n", "5000"], "error: --max-new-tokens must be an integer from 0 to 4096"),
+    (["-p", "x", "--temperature", ""], "error: --temperature must be a number, not \"\""),
+    (["-p", "x", "--bogus"], "error: unknown option --bogus (node run.mjs --help lists the options)"),
+    (["-p", "x", "--top-k", "1e1"], 'error: --top-k must be an integer, not "1e1"'),
+    (["-p", ""], "error: the prompt is empty"),
     (["missing.onnx", "-p", "x"], "error: missing.onnx: no such file"),
     (["-p", "x", "--logit-bias", "10"], "error: --logit-bias takes BYTE:BIAS"),
-    (["-p", "x", "-n", "many"], "error: --max-new-tokens must be a number"),
+    (["-p", "x", "-n", "many"], "error: --max-new-tokens must be an integer"),
 ])
 def test_run_mjs_bad_input_one_line(node_ready, packed, args, message):
     proc = _node(str(packed["int8"] / "run.mjs"), *args)
     assert proc.returncode == 1 and proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_run_mjs_without_a_seed_on_nodes_without_global_crypto(node_ready, packed):
+    """Node 18 (Pi OS bookworm's) has no global crypto: the seed comes from node:crypto."""
+    proc = _node("--no-experimental-global-webcrypto", str(packed["int8"] / "run.mjs"), "-p", "Once", "-n", "20")
+    assert proc.returncode == 0 and len(proc.stdout.encode()) >= 2, proc.stderr
 
 
 def test_run_mjs_without_onnxruntime_node_says_what_to_do(packed, tmp_path):
@@ -358,7 +370,8 @@ def _tokens_of(text: str) -> list[int]:
 
 def _options(c: dict) -> GenerateOptions:
     o = c["options"]
-    return GenerateOptions.of(max_new_tokens=o["max_tokens"], logit_bias=tuple((int(k), float(b)) for k, b in o.get("logit_bias", {}).items()),
+    bias = tuple(sorted((int(k), float(b)) for k, b in o.get("logit_bias", {}).items()))  # (the server's order)
+    return GenerateOptions.of(max_new_tokens=o["max_tokens"], logit_bias=bias,
                               **{k: (int(v) if k == "seed" else v) for k, v in o.items() if k not in ("prompt", "max_tokens", "logit_bias")})
 
 
@@ -433,8 +446,9 @@ def test_page_streams_stops_and_stays_on_its_host(browser, packed, tmp_path):
         assert browser.eval("document.getElementById('out').textContent").startswith("The dog")
         # the stop button: Generate, then the same button once text comes
         browser.eval("document.getElementById('max_tokens').value = 4096; document.getElementById('ignore_eos').checked = true;"
-                     "document.getElementById('go').click()")
-        browser.wait_for("document.getElementById('out').textContent.length > 40")
+                     "document.getElementById('context').value = 'window'; document.getElementById('go').click()")
+        browser.wait_for("document.getElementById('out').textContent.length > 300")  # (window: slow past W)
+        time.sleep(0.45)  # (a second click within 400 ms is a double click's, not Stop)
         browser.eval("document.getElementById('go').click()")
         browser.wait_for("document.getElementById('out').dataset.done === '1'")
         assert browser.eval("document.getElementById('status').textContent").startswith("done (cancelled)")

@@ -59,7 +59,7 @@ def cache_dir() -> Path:
 def ort_web_files(cache: Path | None = None) -> Path:
     """The folder holding ORT_FILES: the cache, filled with `npm pack` on first use."""
     cache = cache or cache_dir()
-    if all((cache / f).is_file() for f in ORT_FILES):
+    if _complete(cache):
         return cache
     npm = shutil.which("npm")
     if npm is None:
@@ -67,23 +67,47 @@ def ort_web_files(cache: Path | None = None) -> Path:
                          f"(Debian: sudo apt install npm) and run again (it is kept in {cache})")
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".ort-web-", dir=cache.parent) as tmp:
-        proc = subprocess.run([npm, "pack", f"onnxruntime-web@{ORT_WEB_VERSION}", "--silent", "--pack-destination", tmp],
-                              capture_output=True, text=True, timeout=600)
-        tgz = Path(tmp) / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
-        if proc.returncode != 0 or not tgz.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise MixerError(f"npm could not fetch onnxruntime-web {ORT_WEB_VERSION} ({last[:200]}); "
-                             f"check the network or npm's registry, then run again")
-        files = Path(tmp) / "files"
-        files.mkdir()
-        with tarfile.open(tgz) as tar:
-            for name in ORT_FILES:
-                src = tar.extractfile(f"package/dist/{name}")
-                (files / name).write_bytes(src.read())
-        if cache.exists():
+        files = _npm_pack(npm, Path(tmp))
+        if _complete(cache):  # (another pack filled it meanwhile)
+            return cache
+        if cache.exists():  # (an incomplete copy)
             shutil.rmtree(cache)
         os.replace(files, cache)
     return cache
+
+
+def _complete(cache: Path) -> bool:
+    """The cache holds the files, the .wasm whole (its magic number; npm checked the tarball's
+    integrity when it fetched it)."""
+    if not all((cache / f).is_file() and (cache / f).stat().st_size > 0 for f in ORT_FILES):
+        return False
+    with open(cache / ORT_FILES[2], "rb") as f:
+        return f.read(4) == b"\0asm"
+
+
+def _npm_pack(npm: str, tmp: Path) -> Path:
+    """onnxruntime-web's tarball from npm (its own cache first), unpacked to tmp/files."""
+    what = f"onnxruntime-web {ORT_WEB_VERSION}"
+    try:
+        proc = subprocess.run([npm, "pack", f"onnxruntime-web@{ORT_WEB_VERSION}", "--loglevel=error", "--pack-destination",
+                               str(tmp)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise MixerError(f"npm took over 10 minutes to fetch {what}; check the network, then run again") from None
+    tgz = tmp / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
+    if proc.returncode != 0 or not tgz.is_file():
+        errors = [line.removeprefix("npm error ") for line in proc.stderr.splitlines() if line.startswith("npm error")]
+        last = "; ".join(errors[:2]) or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MixerError(f"npm could not fetch {what} ({last[:200]}); check the network or npm's registry, then run again")
+    files = tmp / "files"
+    files.mkdir()
+    try:
+        with tarfile.open(tgz) as tar:
+            for name in ORT_FILES:
+                (files / name).write_bytes(tar.extractfile(f"package/dist/{name}").read())
+    except (KeyError, tarfile.TarError) as e:
+        raise MixerError(f"npm's {what} lacks what the page needs ({e}); this version of micromixer-edge expects "
+                         f"its dist/ files") from None
+    return files
 
 
 def int8_activations(model: onnx.ModelProto) -> list[str]:
@@ -92,8 +116,8 @@ def int8_activations(model: onnx.ModelProto) -> list[str]:
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     types.update({t.name: t.data_type for t in g.initializer})
-    return [n.name or n.op_type for n in g.node
-            if n.op_type in INTEGER_MATMULS and types.get(n.input[0]) == TensorProto.INT8]
+    return [n.name or n.op_type for n in g.node  # (a type shape inference could not tell: counted as slow)
+            if n.op_type in INTEGER_MATMULS and types.get(n.input[0], TensorProto.INT8) in (TensorProto.INT8, 0)]
 
 
 # --- the runner's options: their one home is Python's (SamplingParams, GenerateOptions, the server's fields)
@@ -165,6 +189,8 @@ def make_web(model_path: str | os.PathLike, output: str | os.PathLike, cache: Pa
         raise MixerError(f"{model_path} has int8 activations into an integer MatMul ({slow[0]}, {len(slow)} in all): "
                          "onnxruntime-web runs those ~8x slower; pack the default int8 (mixer-quantize) or the float model")
     out = Path(output)
+    if out.name.endswith((".tar.gz", ".tgz", ".zip")):
+        raise OutputError(f"--target web writes a folder (a static site), not {out.name}; give a directory name")
     if out.exists():
         raise OutputError(f"{out} exists; remove it or choose another --output")
     if not out.parent.resolve().is_dir():

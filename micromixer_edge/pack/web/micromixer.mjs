@@ -64,7 +64,7 @@ export class Twister {
 export function seedValue(seed) {
   if (seed === null || seed === undefined) {
     const words = new Uint32Array(2);
-    globalThis.crypto.getRandomValues(words);
+    globalThis.crypto.getRandomValues(words);  // (Node 18: run.mjs installs node:crypto's webcrypto there)
     return (BigInt(words[0]) << 32n) | BigInt(words[1]);
   }
   const m = 1n << 64n;
@@ -104,10 +104,11 @@ export class Sampler {
     this.counts = new Map();               // byte -> times generated
     this.penalty = new Float64Array(256);  // (V,) what presence and frequency take off
     this.bias = null;
-    const bias = Object.entries(o.logit_bias);
+    // the server's order: (byte, bias) pairs sorted, the last of a byte given twice ("65", "065") wins
+    const bias = Object.entries(o.logit_bias).map(([t, b]) => [Number(t), b]).sort((x, y) => x[0] - y[0] || x[1] - y[1]);
     if (bias.length) {
       this.bias = new Float64Array(256);
-      for (const [t, b] of bias) this.bias[Number(t)] = b;
+      for (const [t, b] of bias) this.bias[t] = b;
     }
     this.adjusts = this.penalized || this.counted || this.bias !== null;
     this.plainGreedy = o.temperature === 0 && !this.adjusts;
@@ -233,24 +234,28 @@ function holds(spec, v) {
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
+function unicode(name, text) {  // codec.utf8's check, in the server's words (String.isWellFormed: Node 20; a Pi's is 18)
+  const lone = LONE_SURROGATE.exec(text);
+  if (lone) {
+    const at = Array.from(text.slice(0, lone.index)).length;
+    throw new Error(`${name} is not valid Unicode: a lone surrogate U+${lone[0].charCodeAt(0).toString(16).toUpperCase()} at character ${at}`);
+  }
+}
+
 /** options -> every option with its default filled in, or an Error with the server's 400 message. */
 export function checkOptions(options = {}) {
   if (options === null || typeof options !== "object") throw new Error("options must be an object");
   const o = {};
   for (const key of Object.keys(options)) {
-    if (!(key in SPEC)) throw new Error(`unknown option ${key}; the options are ${Object.keys(SPEC).join(", ")}`);
+    if (!Object.hasOwn(SPEC, key)) throw new Error(`unknown option ${key}; the options are ${Object.keys(SPEC).join(", ")}`);
   }
   for (const [name, spec] of Object.entries(SPEC)) {
-    const v = options[name] === undefined ? DEFAULTS[name] : options[name];
+    const v = options[name] === undefined || options[name] === null ? DEFAULTS[name] : options[name];  // (null: absent, as the server reads it)
     if (!holds(spec, v)) throw new Error(`${name} must be ${spec.what}`);
     o[name] = v;
   }
   o.stop = typeof o.stop === "string" ? [o.stop] : [...o.stop];
-  const lone = LONE_SURROGATE.exec(o.prompt);  // (String.isWellFormed: Node 20; a Pi's Node is 18)
-  if (lone) {
-    const at = Array.from(o.prompt.slice(0, lone.index)).length;
-    throw new Error(`the prompt is not valid Unicode: a lone surrogate U+${lone[0].charCodeAt(0).toString(16).toUpperCase()} at character ${at}`);
-  }
+  for (const [name, text] of [["prompt", o.prompt], ...o.stop.map((s) => ["stop", s])]) unicode(name, text);
   return o;
 }
 

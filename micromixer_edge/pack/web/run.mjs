@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Model, SPEC, DEFAULTS } from "./micromixer.mjs";
 
+globalThis.crypto ??= (await import("node:crypto")).webcrypto;  // (Node 18 has no global crypto)
 const here = dirname(fileURLToPath(import.meta.url));
 const flag = (name) => name.replaceAll("_", "-");
 const NUMERIC = Object.keys(SPEC).filter((n) => ["number", "integer", "seed"].includes(SPEC[n].kind) && n !== "max_tokens");
@@ -18,7 +19,7 @@ const USAGE = `usage: node run.mjs [MODEL.onnx] -p PROMPT [options]   (MODEL: mo
 
   -p, --prompt TEXT            the prompt ('-' reads stdin)
   -n, --max-new-tokens N       bytes to generate at most [${DEFAULTS.max_tokens}]
-${NUMERIC.map((n) => `  --${flag(n)} X`.padEnd(31) + `${SPEC[n].what} [${DEFAULTS[n] ?? "random"}]`).join("\n")}
+${NUMERIC.map((n) => `  ${n === "temperature" ? "-t, " : ""}--${flag(n)} X`.padEnd(31) + `${SPEC[n].what} [${DEFAULTS[n] ?? "random"}]`).join("\n")}
   --logit-bias BYTE:BIAS       add BIAS to byte BYTE's logit (repeatable)
   --stop TEXT                  stop when this string is generated (repeatable)
   --context MODE               ${SPEC.context.choices.join(", ")} [${DEFAULTS.context}]
@@ -32,10 +33,44 @@ function fail(message) {
   process.exit(1);
 }
 
-function number(name, text, option = flag(name)) {
-  const v = SPEC[name]?.kind === "seed" && /^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text)) ? BigInt(text) : Number(text);
-  if (typeof v === "number" && Number.isNaN(v)) fail(`--${option} must be a number, not ${JSON.stringify(text)}`);
-  return v;
+function number(name, text, option = flag(name)) {  // as click reads an int or a float
+  const integer = ["integer", "seed"].includes(SPEC[name].kind);
+  if (!(integer ? /^[-+]?\d+$/ : /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i).test(text.trim())) {
+    fail(`--${option} must be ${integer ? "an integer" : "a number"}, not ${JSON.stringify(text)}`);
+  }
+  if (SPEC[name].kind !== "seed") return Number(text);
+  // a seed: any integer, as mixer-run's (the generator takes it modulo 2**64; the runner's bound is signed)
+  const m = 1n << 64n, seed = ((BigInt(text.trim()) % m) + m) % m;
+  return seed >= 1n << 63n ? seed - m : seed;
+}
+
+function stdinPrompt() {  // mixer-run's: UTF-8, the trailing newlines dropped
+  const bytes = readFileSync(0), decoder = new TextDecoder("utf-8", { fatal: true });
+  for (let i = 0; i < bytes.length; i++) {  // (where the first bad byte is)
+    try {
+      decoder.decode(bytes.subarray(i, i + 1), { stream: i + 1 < bytes.length });
+    } catch {
+      fail(`stdin is not valid UTF-8 (byte ${i})`);
+    }
+  }
+  return new TextDecoder().decode(bytes).replace(/\n+$/, "");
+}
+
+const VALUED = new Set(["-p", "-n", "-t", "--prompt", "--max-new-tokens", "--temperature", "--logit-bias", "--stop",
+  "--context", "--threads", ...NUMERIC.map((n) => `--${flag(n)}`)]);
+function joined(argv) {  // "--seed -7" as "--seed=-7": parseArgs takes a leading "-" for another flag
+  const out = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (VALUED.has(argv[i]) && /^-[\d.]/.test(argv[i + 1] ?? "")) out.push(`${argv[i]}${argv[i].startsWith("--") ? "=" : ""}${argv[++i]}`);
+    else out.push(argv[i]);
+  }
+  return out;
+}
+
+const FLAGS = { max_tokens: "max-new-tokens" };  // an option's message, in the flag's name
+function flagged(message) {
+  const m = /^([a-z_]+) (must be|is not)/.exec(message);
+  return m && (m[1] in SPEC) ? `--${FLAGS[m[1]] || flag(m[1])}${message.slice(m[1].length)}` : message;
 }
 
 async function onnxruntime() {  // onnxruntime-node from this folder, or from where node runs
@@ -52,13 +87,14 @@ async function main() {
   for (const n of NUMERIC) options[flag(n)] = { type: "string" };
   let args;
   try {
-    args = parseArgs({ allowPositionals: true, options: {
+    args = parseArgs({ args: joined(process.argv.slice(2)), allowPositionals: true, options: {
       ...options, prompt: { type: "string", short: "p" }, "max-new-tokens": { type: "string", short: "n" },
       "logit-bias": { type: "string", multiple: true }, stop: { type: "string", multiple: true },
       context: { type: "string" }, "ignore-eos": { type: "boolean" }, threads: { type: "string" },
       stats: { type: "boolean" }, help: { type: "boolean", short: "h" }, temperature: { type: "string", short: "t" } } });
   } catch (e) {
-    fail(`${e.message.split("\n")[0]} (node run.mjs --help lists the options)`);
+    const unknown = /Unknown option '([^']+)'/.exec(e.message);
+    fail(`${unknown ? `unknown option ${unknown[1]}` : e.message.split(".")[0]} (node run.mjs --help lists the options)`);
   }
   const { values: v, positionals } = args;
   if (v.help) { console.log(USAGE); return; }
@@ -67,7 +103,8 @@ async function main() {
   for (const n of NUMERIC) if (v[flag(n)] !== undefined) o[n] = number(n, v[flag(n)]);
   if (v["max-new-tokens"] !== undefined) o.max_tokens = number("max_tokens", v["max-new-tokens"], "max-new-tokens");
   if (v.prompt === undefined) fail("give a prompt: -p TEXT (or -p - to read stdin)");
-  o.prompt = v.prompt === "-" ? readFileSync(0, "utf8") : v.prompt;
+  o.prompt = v.prompt === "-" ? stdinPrompt() : v.prompt;
+  if (!o.prompt) fail("the prompt is empty; give text with -p, or -p - to read stdin");
   if (v.stop) o.stop = v.stop;
   if (v.context !== undefined) o.context = v.context;
   if (v["ignore-eos"]) o.ignore_eos = true;
@@ -100,8 +137,10 @@ async function main() {
     process.stdout.write("\n");
     if (v.stats) process.stderr.write(`${r.tokens.length} bytes generated at ${Math.round(r.bytes_per_second)} bytes/s (${r.finish_reason})\n`);
   } catch (e) {
-    fail(e.message.split("\n")[0]);
+    fail(flagged(e.message.split("\n")[0]));
   }
 }
+
+process.stdout.on("error", (e) => process.exit(e.code === "EPIPE" ? 0 : 1));  // (| head: a closed pipe ends it quietly)
 
 await main();

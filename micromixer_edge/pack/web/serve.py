@@ -40,7 +40,13 @@ def main():
         server = http.server.ThreadingHTTPServer((args.bind, args.port), handler)
     except OSError as e:
         parser.exit(1, f"error: cannot serve on {args.bind}:{args.port}: {e.strerror}\n")
-    print(f"serving on http://{args.bind}:{server.server_address[1]}/", flush=True)
+    port = server.server_address[1]
+    if args.bind in ("0.0.0.0", "::"):  # (an address other machines cannot open as such)
+        print(f"serving on port {port} of every address: http://127.0.0.1:{port}/ here, http://<this machine's "
+              f"address>:{port}/ from the LAN (one thread there: plain http from another machine is not isolated)",
+              flush=True)
+    else:
+        print(f"serving on http://{args.bind}:{port}/", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
