@@ -76,7 +76,7 @@ def main():
     print("cpu flags:", " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp")
                                   if f" {f} " in flags + " "))
     print(f"{'model':<12} {'python B/s':>10} {'page 1t':>8} {'ratio':>6} {'page ' + str(a.threads) + 't':>8} "
-          f"{'folder MB':>9} {'transfer MB':>11}")
+          f"{'loads MB':>9} {'transfer MB':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         browser = Browser(Path(tmp) / "profile")
         try:
