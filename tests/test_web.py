@@ -115,6 +115,13 @@ def test_int8_activations_are_refused(bundled, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_int8_block_is_packed_with_a_note(bundled, tmp_path):
+    proc = subprocess.run([str(Path(sys.executable).parent / "mixer-pack"), str(bundled["int8-block"]), "--target", "web",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.startswith("note: int8-block (MatMulNBits) runs ~5x slower"), proc.stderr
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == bundled["int8-block"].read_bytes()
+
+
 def test_without_npm_or_cache_one_line(bundled, tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent), "MIXER_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([str(Path(sys.executable).parent / "mixer-pack"), str(bundled["int8"]), "--target", "web",
