@@ -151,4 +151,3 @@ export const CONTEXT_MODES = {
 export const FOLD_CHUNK = 512;
 export const MIN_DRAW = -1e+308;
 export const TINY_TEMPERATURE = 1e-30;
-export const MAX_SNAPSHOT_TOKENS = 8192;

@@ -349,6 +349,14 @@ export class Model {
     return [logits, state, position];
   }
 
+  /** A new row's prompt (ids with bos): a bounded mode folds its last tokens only, those the
+   * state would depend on after its re-folds (context.py's `suffix`). -> [logits, state, position] */
+  prefill(ids, boundary, keep) {
+    const over = ids.length - boundary;
+    const suffix = over > 0 ? keep + ((over - 1) % (boundary - keep)) + 1 : ids.length;
+    return this.fold(ids.slice(ids.length - suffix));
+  }
+
   /** Generate from options (checkOptions' names); onPiece(text) as text is made; (await) stopped() -> true
    * ends it between bytes. -> {text, finish_reason, bytes_per_second, tokens} */
   async generate(options, onPiece = () => {}, stopped = () => false) {
@@ -356,12 +364,9 @@ export class Model {
     const ids = [this.ids.bos, ...new TextEncoder().encode(o.prompt)];
     const sampler = new Sampler(o, seedValue(o.seed), this.ids), text = new TextStream(o.stop);
     const boundary = at(mode.boundary, W), keep = at(mode.keep, W);
-    const over = ids.length - boundary;  // a bounded mode folds a long prompt's last tokens only
-    const suffix = over > 0 ? keep + ((over - 1) % (boundary - keep)) + 1 : ids.length;
-    let [logits, state, position] = await this.fold(ids.slice(ids.length - suffix));
+    let [logits, state, position] = await this.prefill(ids, boundary, keep);
     let history = ids.slice(-W);
-    const n = o.repeat_last_n;
-    for (const t of n ? ids.slice(-n) : []) sampler.remember(t);
+    for (const t of o.repeat_last_n ? ids.slice(-o.repeat_last_n) : []) sampler.remember(t);
     const pieces = [], made = [], t0 = performance.now();
     const emit = (piece) => { if (piece) { pieces.push(piece); onPiece(piece); } };
     let finish = o.max_tokens === 0 ? "length" : null;
