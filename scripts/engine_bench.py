@@ -12,12 +12,12 @@ figure is the median of `--repeats` runs taken in turn; prints us a step and eng
 """
 import argparse
 import statistics
-import subprocess
 import time
 
 from micromixer_edge.runtime.engine import Engine, GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
 from micromixer_edge.runtime.sampling import SamplingParams
+from micromixer_edge.runtime.cpu import kernel_flags
 
 
 def bare(model: MixerModel, rows: int, steps: int) -> float:
@@ -51,9 +51,7 @@ def main() -> None:
     p.add_argument("--context", default="unbounded")
     a = p.parse_args()
     model = MixerModel(a.model, threads=1)
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    flags = [f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp") if f" {f} " in flags + " "]
-    print(f"{a.model}: {a.steps} bytes a row, context {a.context}, one thread; cpu flags {' '.join(flags)}")
+    print(f"{a.model}: {a.steps} bytes a row, context {a.context}, one thread; cpu flags {kernel_flags()}")
     print("| rows | bare step us | engine greedy us (x bare) | engine T 0.8 us (x bare) | T 0.8, logprobs 5 |")
     print("|---|---|---|---|---|")
     for rows in [int(r) for r in a.rows.split(",")]:

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from micromixer_edge.runtime.cpu import kernel_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -175,9 +177,7 @@ def main() -> None:
     a = p.parse_args()
     if nginx_binary() is None:
         sys.exit("error: nginx is not installed: sudo bash scripts/nginx-setup.sh (Debian's nginx-light)")
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("cpu flags:", " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni") if f" {f}" in flags),
-          "| cores:", os.cpu_count())
+    print("cpu flags:", kernel_flags(), "| cores:", os.cpu_count())
     with tempfile.NamedTemporaryFile("w", suffix=".key", delete=False) as f:
         f.write("fleet-bench-" + "k" * 32 + "\n")
     for n in [int(x) for x in a.servers.split(",")]:

@@ -23,6 +23,8 @@ import time
 
 import aiohttp
 
+from micromixer_edge.runtime.cpu import kernel_flags
+
 SERVER = ["-m", "micromixer_edge.serve.cli"]
 PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named"]
 
@@ -146,8 +148,6 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=2.0, help="how long each level runs in a cycle")
     p.add_argument("--threads", type=int, default=1, help="the server's onnxruntime threads")
     a = p.parse_args()
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("cpu flags:", " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp")
-                                  if f" {f} " in flags + " "))
+    print("cpu flags:", kernel_flags())
     for m in a.models:
         bench(m, a.bytes, a.cycles, a.seconds, a.threads)

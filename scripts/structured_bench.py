@@ -11,9 +11,9 @@ Medians of --repeats runs.
 """
 import argparse
 import statistics
-import subprocess
 import time
 
+from micromixer_edge.runtime.cpu import kernel_flags
 from micromixer_edge.runtime.constraint import Constraint, Matcher
 from micromixer_edge.runtime.engine import Engine, GenerateOptions
 from micromixer_edge.runtime.model import MixerModel
@@ -78,9 +78,7 @@ def main() -> None:
     p.add_argument("--bytes", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("cpu flags:", " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp")
-                                 if f" {f}" in flags))
+    print("cpu flags:", kernel_flags())
     model = MixerModel(a.model)
     constraints = {name: Constraint.json_object() if s == "json_object" else Constraint.json_schema(s)
                    for name, s in SCHEMAS.items()}

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from browser import Browser  # noqa: E402 - the suite's DevTools driver
 
 from micromixer_edge.pack.web import make_web  # noqa: E402
+from micromixer_edge.runtime.cpu import kernel_flags  # noqa: E402
 from micromixer_edge.runtime.engine import GenerateOptions, GenerationStats  # noqa: E402
 from micromixer_edge.runtime.generate import generate  # noqa: E402
 from micromixer_edge.runtime.model import MixerModel  # noqa: E402
@@ -72,9 +73,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="the threaded runs' onnxruntime-web threads")
     a = p.parse_args()
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("cpu flags:", " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp")
-                                  if f" {f} " in flags + " "))
+    print("cpu flags:", kernel_flags())
     print(f"{'model':<12} {'python B/s':>10} {'page 1t':>8} {'ratio':>6} {'page ' + str(a.threads) + 't':>8} "
           f"{'loads MB':>9} {'transfer MB':>11}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,15 @@ def cpu_flags() -> set[str]:
     return set(info.get("flags", info.get("Features", "")).split())
 
 
+KERNEL_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "asimddp")  # what onnxruntime's int8 kernels use
+
+
+def kernel_flags() -> str:
+    """The KERNEL_FLAGS this CPU has (lscpu's names): what each benchmark's figures report."""
+    flags = cpu_flags()
+    return " ".join(f for f in KERNEL_FLAGS if f in flags)
+
+
 def cpu_name() -> str:
     info = cpuinfo()
     return next((info[k] for k in ("Model", "model name", "Hardware") if k in info),
